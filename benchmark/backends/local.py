@@ -1,0 +1,338 @@
+"""Local backend: a pool of at most `workers` subprocesses, each on its own GPU(s).
+
+Each job runs through a tiny sh wrapper that writes the job's exit code next to its log, so a job
+that outlives a killed harness still records how it ended. Each job is its own process group, so
+stopping a job stops everything it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import string
+import subprocess
+import time
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+from benchmark.backends import Backend
+from benchmark.manifest import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    LOST,
+    RUNNING,
+    JobRecord,
+    Manifest,
+)
+from benchmark.plan import PlanError
+from benchmark.procs import is_alive, live_harness, process_start
+from benchmark.redact import Redactor
+from benchmark.tags import merge_wandb_tags
+from benchmark.view import SweepView, console, log_tail
+
+# `(eval "$1")` runs the command exactly as `sh -c` would (TRL ran commands with shell=True), in a
+# subshell, so even a command that calls `exit` leaves its code to be written.
+_WRAPPER = '(eval "$1"); code=$?; echo "$code" > "$2"; exit "$code"'
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def detect_gpus(requested: str | None) -> list[str]:
+    """`--gpus`, else CUDA_VISIBLE_DEVICES, else what nvidia-smi lists, else none."""
+    if requested is None:
+        requested = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if requested is None and shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=20, check=True,
+            ).stdout
+            requested = ",".join(out.split())
+        except (OSError, subprocess.SubprocessError):
+            requested = None
+    return [g.strip() for g in (requested or "").split(",") if g.strip()]
+
+
+class GpuSlots:
+    """Which GPUs are free: each GPU takes at most `jobs_per_gpu` jobs at once."""
+
+    def __init__(self, gpus: list[str], jobs_per_gpu: int) -> None:
+        self.free = Counter({gpu: jobs_per_gpu for gpu in gpus})
+
+    def take(self, count: int) -> list[str] | None:
+        # Fill the emptiest GPUs first, so jobs spread out before they double up.
+        chosen = [gpu for gpu, n in self.free.most_common(count) if n > 0]
+        if len(chosen) < count:
+            return None
+        self.free.subtract(chosen)
+        return chosen
+
+    def give_back(self, gpus: list[str]) -> None:
+        self.free.update(gpus)
+
+
+def local_settings(
+    workers: int, gpus: list[str], gpus_per_job: int, jobs_per_gpu: int, max_retries: int, grace_period: float
+) -> dict[str, Any]:
+    """Check the pool's settings against this machine before anything starts."""
+    if workers < 1:
+        raise PlanError(f"--workers must be at least 1 to run jobs, got {workers}")
+    if jobs_per_gpu < 1:
+        raise PlanError(f"--jobs-per-gpu must be at least 1, got {jobs_per_gpu}")
+    if max_retries < 0:
+        raise PlanError(f"--max-retries must not be negative, got {max_retries}")
+    if gpus and gpus_per_job > len(gpus):
+        raise PlanError(f"each job asks for {gpus_per_job} GPUs but only {len(gpus)} exist: {','.join(gpus)}")
+    if gpus and gpus_per_job < 1:
+        raise PlanError(f"--gpus-per-job must be at least 1 where GPUs exist, got {gpus_per_job}")
+    return {
+        "workers": workers,
+        "gpus": gpus,
+        "gpus_per_job": gpus_per_job if gpus else 0,
+        "jobs_per_gpu": jobs_per_gpu,
+        "max_retries": max_retries,
+        "grace_period": grace_period,
+    }
+
+
+def _concurrency(settings: dict[str, Any]) -> int:
+    gpus, per_job = settings["gpus"], settings["gpus_per_job"]
+    if not gpus:
+        return settings["workers"]
+    return min(settings["workers"], len(gpus) * settings["jobs_per_gpu"] // per_job)
+
+
+def log_path(variant: str, seed: int, try_number: int) -> str:
+    safe = "".join(c if c.isalnum() or c in "._+-" else "_" for c in variant)
+    suffix = f".try{try_number}" if try_number > 1 else ""
+    return f"logs/{safe}/seed-{seed}{suffix}.log"
+
+
+def exit_path(run_dir: Path, record: JobRecord) -> Path:
+    return (run_dir / record.log).with_suffix(".exit")
+
+
+def _wandb_run_id() -> str:
+    return "".join(random.choices(string.ascii_lowercase + string.digits, k=8))
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def describe(self, run_dir: Path, plan: dict[str, Any], records: list[JobRecord]) -> str:
+        settings = plan["local"]
+        width = _concurrency(settings)
+        slots = GpuSlots(settings["gpus"], settings["jobs_per_gpu"])
+        lines = [f"local pool: {width} at a time, GPUs: {','.join(settings['gpus']) or 'none'}"]
+        for i, record in enumerate(records):
+            # The first wave's GPUs are known; later jobs take whichever GPUs free up first.
+            gpus = slots.take(settings["gpus_per_job"]) if settings["gpus"] and i < width else None
+            where = f"gpu {','.join(gpus)}" if gpus else ("next free gpu" if settings["gpus"] else "no gpu")
+            lines.append(f"{record.id}  [{where}]  log {run_dir / record.log}\n  $ {record.command}")
+        return "\n".join(lines)
+
+    def launch(self, manifest: Manifest, ids: list[str]) -> int:
+        return _Pool(manifest, ids).run()
+
+    def refresh(self, manifest: Manifest) -> str | None:
+        for record in manifest.jobs.values():
+            if record.state == RUNNING and not is_alive(record.pid, record.pid_start):
+                _settle(manifest.run_dir, record)
+        return None
+
+    def cancel(self, manifest: Manifest) -> int:
+        harness = live_harness(manifest.run_dir)
+        if harness:
+            # The live harness stops its own jobs and records them: the same path as Ctrl-C.
+            os.kill(harness, signal.SIGTERM)
+            console.print(f"asked the harness (pid {harness}) to stop; it cancels its running jobs")
+            return 0
+        grace = manifest.plan["local"]["grace_period"]
+        victims = [r for r in manifest.jobs.values() if r.state == RUNNING and is_alive(r.pid, r.pid_start)]
+        _terminate([r.pid for r in victims if r.pid], grace)
+        for record in victims:
+            record.state, record.end = CANCELLED, time.time()
+            manifest.save(record)
+        console.print(f"cancelled {len(victims)} running job(s)")
+        return 0
+
+
+def _settle(run_dir: Path, record: JobRecord) -> None:
+    """A RUNNING record whose process is gone: its exit file says how it ended, or it is LOST."""
+    try:
+        record.exit_code = int(exit_path(run_dir, record).read_text())
+    except (OSError, ValueError):
+        record.state = LOST
+        return
+    record.state = COMPLETED if record.exit_code == 0 else FAILED
+    record.end = exit_path(run_dir, record).stat().st_mtime
+
+
+def _terminate(pids: list[int], grace: float) -> None:
+    """SIGTERM each job's process group, SIGKILL whatever is left after the grace period."""
+    for pid in pids:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    remaining = set(pids)
+    while remaining and time.monotonic() < deadline:
+        remaining = {pid for pid in remaining if _group_alive(pid)}
+        time.sleep(0.05)
+    # Children of a job that exited may linger in its group: kill every group, not just the late ones.
+    for pid in pids:
+        _signal_group(pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def _group_alive(pgid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)  # reap it if it is our child, or it stays a zombie and "alive"
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class _Pool:
+    def __init__(self, manifest: Manifest, ids: list[str]) -> None:
+        self.manifest = manifest
+        self.run_dir = manifest.run_dir
+        self.settings = manifest.plan["local"]
+        self.width = _concurrency(self.settings)
+        self.slots = GpuSlots(self.settings["gpus"], self.settings["jobs_per_gpu"])
+        self.queue = deque(manifest.jobs[i] for i in ids)
+        self.running: dict[int, tuple[JobRecord, list[str]]] = {}
+        self.redactor = Redactor()
+        self.env = self._base_env()
+        self.view = SweepView([manifest.jobs[i] for i in ids], self.redactor)
+
+    def _base_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        tags = self.manifest.plan.get("wandb_tags") or []
+        if tags:
+            env["WANDB_TAGS"] = merge_wandb_tags(env.get("WANDB_TAGS", ""), tags)
+        env["BENCHMARK_RUN_DIR"] = str(self.run_dir.resolve())
+        return env
+
+    def run(self) -> int:
+        if self.width < self.settings["workers"]:
+            console.print(f"running {self.width} at a time: that is as many jobs as the GPUs take")
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+        try:
+            with self.view:
+                self._loop()
+        except (KeyboardInterrupt, Interrupted) as stop:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+            signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
+            self._stop_all(signal.Signals(signum).name)
+            return 128 + signum
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        return self._summary()
+
+    def _loop(self) -> None:
+        # Signals are blocked while records change and let through only while waiting, so a Ctrl-C
+        # never falls between starting a process and recording its pid.
+        while self.queue or self.running:
+            while self.queue and len(self.running) < self.width:
+                gpus = self.slots.take(self.settings["gpus_per_job"]) if self.settings["gpus"] else []
+                if gpus is None:
+                    break
+                self._start(self.queue.popleft(), gpus)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            pid, status = os.wait()
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+            if pid in self.running:
+                self._finish(pid, os.waitstatus_to_exitcode(status))
+
+    def _start(self, record: JobRecord, gpus: list[str]) -> None:
+        record.log = log_path(record.variant, record.seed, len(record.tries) + 1)
+        record.state, record.start, record.gpus = RUNNING, time.time(), ",".join(gpus) or None
+        record.wandb_id = _wandb_run_id()
+        record.wandb_name = f"{record.variant}__{record.seed}__{int(record.start)}"
+        self.manifest.save(record)
+
+        env = dict(self.env)
+        env.update(
+            BENCHMARK_JOB_ID=record.id,
+            BENCHMARK_VARIANT=record.variant,
+            BENCHMARK_SEED=str(record.seed),
+            WANDB_RUN_GROUP=env.get("WANDB_RUN_GROUP", record.variant),
+            WANDB_NAME=env.get("WANDB_NAME", record.wandb_name),
+            WANDB_RUN_ID=record.wandb_id,
+        )
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = record.gpus or ""
+        log = self.run_dir / record.log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as out:
+            process = subprocess.Popen(
+                ["/bin/sh", "-c", _WRAPPER, "sh", record.command, str(exit_path(self.run_dir, record))],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=env, cwd=self.manifest.plan["cwd"], start_new_session=True,
+            )
+        # The harness reaps its children with os.wait(). A Popen that thinks its child still runs
+        # would reap it behind our back (subprocess polls such objects), stealing the exit status.
+        process.returncode = 0
+        record.pid, record.pid_start = process.pid, process_start(process.pid)
+        self.running[process.pid] = (record, gpus)
+        self.manifest.save(record)
+        self.view.event(record, f"started{f' on gpu {record.gpus}' if gpus else ''}, pid {process.pid}")
+
+    def _finish(self, pid: int, exit_code: int) -> None:
+        record, gpus = self.running.pop(pid)
+        self.slots.give_back(gpus)
+        record.end, record.exit_code = time.time(), exit_code
+        record.state = COMPLETED if exit_code == 0 else FAILED
+        took = f"{record.end - (record.start or record.end):.1f}s"
+        if record.state == FAILED and len(record.tries) < self.settings["max_retries"]:
+            self.view.event(record, f"failed with exit code {exit_code} after {took}; retrying")
+            record.archive_try()
+            self.queue.append(record)
+        else:
+            self.view.event(record, f"{record.state.lower()} (exit {exit_code}) after {took}")
+        self.manifest.save(record)
+
+    def _stop_all(self, why: str) -> None:
+        console.print(f"{why}: stopping {len(self.running)} running job(s); {len(self.queue)} not started")
+        _terminate(list(self.running), self.settings["grace_period"])
+        for pid, (record, _) in self.running.items():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            record.state, record.end = CANCELLED, time.time()
+            self.manifest.save(record)
+        self.running.clear()
+
+    def _summary(self) -> int:
+        records = self.view.records
+        failed = [r for r in records if r.state != COMPLETED]
+        console.print(
+            f"{len(records) - len(failed)}/{len(records)} jobs completed in {time.time() - self.view.started:.1f}s"
+        )
+        for record in failed:
+            console.print(
+                f"\n[red]{record.id} {record.state}[/] (exit {record.exit_code}), log {self.run_dir / record.log}:"
+            )
+            console.print(log_tail(self.run_dir / record.log, self.redactor), markup=False)
+        return 1 if failed else 0
+
+
+def _raise_interrupted(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+

@@ -1,0 +1,222 @@
+"""The command line: launch a sweep (TRL's flags, no subcommand), or `status` / `resume` / `cancel` /
+`report` a run dir.
+
+    benchmark --command "python -m trl_ppo.ppo --ppo_config.log_with wandb" --num-seeds 5 --workers 2
+    benchmark status runs/2026-11-28T10-00-00-trl_ppo.ppo-log_with-wandb
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import tyro
+
+from benchmark.backends import Backend, get_backend
+from benchmark.backends.local import detect_gpus, local_settings, log_path
+from benchmark.manifest import ACTIVE_STATES, COMPLETED, JobRecord, Manifest, ManifestError
+from benchmark.plan import PlanError, expand, make_variants, seeds
+from benchmark.procs import claim_run_dir, live_harness
+from benchmark.redact import Redactor, referenced_secrets
+from benchmark.tags import auto_tags, git_commit, pr_number
+from benchmark.view import console, error_console, status_table
+
+
+@dataclass
+class LaunchArgs:
+    """Run a command across seeds (and variants), locally or on Slurm, and record every job."""
+
+    command: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """the command to run; repeat the flag for variants (`name=CMD` names one explicitly)"""
+    num_seeds: int = 3
+    """the number of seeds to run each command with"""
+    start_seed: int = 1
+    """the first seed"""
+    workers: int = 0
+    """jobs at once (local pool); 0 prints the commands and runs nothing, as in TRL"""
+    auto_tag: bool = True
+    """add the git tag (and `pr-N` when known locally) to WANDB_TAGS"""
+    slurm_template_path: str | None = None
+    """a jinja2 Slurm template: submit job arrays with sbatch instead of running locally"""
+    slurm_gpus_per_task: int | None = 1
+    """GPUs per Slurm task"""
+    slurm_total_cpus: int | None = 50
+    """CPUs of one job, split over its GPUs (the template's cpus_per_gpu)"""
+    slurm_ntasks: int | None = 1
+    """Slurm tasks per job"""
+    slurm_nodes: int | None = None
+    """Slurm nodes per job"""
+    seed_flag: str = "--seed"
+    """the flag appended to each command with its seed"""
+    dry_run: bool = False
+    """print the plan (commands, GPUs, logs, rendered scripts) and start nothing"""
+    run_dir: Path | None = None
+    """where the manifest, logs and scripts go (default: runs/<UTC time>-<name>)"""
+    gpus: str | None = None
+    """GPU ids for the local pool, e.g. 0,1,2 (default: CUDA_VISIBLE_DEVICES, else nvidia-smi, else none)"""
+    gpus_per_job: int = 1
+    """GPUs each local job gets (when GPUs exist)"""
+    jobs_per_gpu: int = 1
+    """local jobs allowed to share one GPU"""
+    max_retries: int = 0
+    """run a failed job again up to this many times"""
+    pr: int | None = None
+    """the pull request number to tag runs with (`pr-N`)"""
+    grace_period: float = 10.0
+    """seconds a stopped job gets between SIGTERM and SIGKILL"""
+
+
+@dataclass
+class RunDirArgs:
+    run_dir: tyro.conf.Positional[Path]
+    """a run dir made by `benchmark`"""
+
+
+@dataclass
+class ResumeArgs(RunDirArgs):
+    workers: int | None = None
+    """jobs at once (default: as launched)"""
+    max_retries: int | None = None
+    """retries of a failed job (default: as launched)"""
+
+
+def _default_run_dir(name: str) -> Path:
+    return Path("runs") / f"{time.strftime('%Y-%m-%dT%H-%M-%S', time.gmtime())}-{name}"
+
+
+def launch(args: LaunchArgs, argv: list[str]) -> int:
+    redactor = Redactor()
+    variants = make_variants(list(args.command))
+    safe_variants = []
+    for variant in variants:
+        command, secrets = redactor.command(variant.command)
+        # Inline secrets reach the jobs through the environment; only `"$NAME"` is ever stored.
+        os.environ.update(secrets)
+        safe_variants.append(type(variant)(variant.name, command))
+    seed_list = seeds(args.start_seed, args.num_seeds)
+    if args.workers < 0:
+        raise PlanError(f"--workers must not be negative, got {args.workers}")
+    jobs = expand(safe_variants, seed_list, args.seed_flag)
+
+    if args.slurm_template_path is None and args.workers == 0:
+        for job in jobs:  # TRL's behaviour: print the commands, run nothing
+            print(job.command)
+        return 0
+
+    backend_name = "local"
+    plan: dict[str, Any] = {
+        "argv": [redactor.text(a) for a in argv],
+        "cwd": os.getcwd(),
+        "created": time.time(),
+        "host": socket.gethostname(),
+        "git_commit": git_commit(),
+        "backend": backend_name,
+        "variants": [{"name": v.name, "command": v.command} for v in safe_variants],
+        "seeds": seed_list,
+        "seed_flag": args.seed_flag,
+        "wandb_tags": auto_tags(pr_number(args.pr)) if args.auto_tag else [],
+        "local": local_settings(
+            args.workers, detect_gpus(args.gpus), args.gpus_per_job, args.jobs_per_gpu,
+            args.max_retries, args.grace_period,
+        ),
+    }
+    run_dir = args.run_dir or _default_run_dir(safe_variants[0].name)
+    records = [JobRecord.from_job(job, log_path(job.variant, job.seed, 1)) for job in jobs]
+    backend = get_backend(backend_name)
+    if args.dry_run:
+        console.print(backend.describe(run_dir, plan, records), markup=False)
+        return 0
+
+    manifest = Manifest.create(run_dir, plan, records)
+    console.print(f"run dir {run_dir}: {len(safe_variants)} variant(s) x {len(seed_list)} seed(s)")
+    return _run(backend, manifest, [r.id for r in records])
+
+
+def _run(backend: Backend, manifest: Manifest, ids: list[str]) -> int:
+    claim_run_dir(manifest.run_dir)
+    code = backend.launch(manifest, ids)
+    console.print(f"status: benchmark status {manifest.run_dir}")
+    return code
+
+
+def status(args: RunDirArgs) -> int:
+    manifest = Manifest.load(args.run_dir)
+    note = get_backend(manifest.plan["backend"]).refresh(manifest)
+    records = list(manifest.jobs.values())
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record.state] = counts.get(record.state, 0) + 1
+    title = f"{args.run_dir}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    console.print(status_table(records, args.run_dir, title))
+    if note:
+        console.print(note)
+    return 0
+
+
+def resume(args: ResumeArgs) -> int:
+    manifest = Manifest.load(args.run_dir)
+    harness = live_harness(manifest.run_dir)
+    if harness is not None:
+        raise PlanError(f"{args.run_dir} is still being run by pid {harness}: wait for it or cancel it first")
+    backend = get_backend(manifest.plan["backend"])
+    backend.refresh(manifest)
+    settings = manifest.plan[manifest.plan["backend"]]
+    for key in ("workers", "max_retries"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    todo = [r for r in manifest.jobs.values() if r.state != COMPLETED and r.state not in ACTIVE_STATES]
+    still_running = [r.id for r in manifest.jobs.values() if r.state in ACTIVE_STATES - {"PENDING"}]
+    if still_running:
+        console.print(f"left alone, still running: {', '.join(still_running)}")
+    for record in todo:
+        if record.start is not None or record.tries:
+            record.archive_try()
+        record.log = log_path(record.variant, record.seed, len(record.tries) + 1)
+        manifest.save(record)
+    todo += [r for r in manifest.jobs.values() if r.state == "PENDING" and r not in todo]
+    if not todo:
+        console.print(f"nothing to resume: all {len(manifest.jobs)} jobs completed")
+        return 0
+    _warn_missing_secrets(manifest)
+    console.print(f"resuming {len(todo)} of {len(manifest.jobs)} jobs")
+    return _run(backend, manifest, [r.id for r in todo])
+
+
+def _warn_missing_secrets(manifest: Manifest) -> None:
+    missing = {
+        name
+        for variant in manifest.plan["variants"]
+        for name in referenced_secrets(variant["command"])
+        if name not in os.environ
+    }
+    if missing:
+        console.print(f"warning: the commands use {', '.join(sorted(missing))}, which this environment lacks")
+
+
+def cancel(args: RunDirArgs) -> int:
+    manifest = Manifest.load(args.run_dir)
+    return get_backend(manifest.plan["backend"]).cancel(manifest)
+
+
+_SUBCOMMANDS = {"status": (RunDirArgs, status), "resume": (ResumeArgs, resume), "cancel": (RunDirArgs, cancel)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] == "report":
+            from benchmark.report import main as report_main
+
+            return report_main(argv[1:])
+        if argv and argv[0] in _SUBCOMMANDS:
+            cls, handler = _SUBCOMMANDS[argv[0]]
+            return handler(tyro.cli(cls, args=argv[1:], prog=f"benchmark {argv[0]}"))
+        return launch(tyro.cli(LaunchArgs, args=argv, prog="benchmark"), argv)
+    except (PlanError, ManifestError) as error:
+        error_console.print(f"error: {error}", markup=False)
+        return 2

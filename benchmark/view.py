@@ -1,0 +1,112 @@
+"""What the user sees: a rich live view on a terminal, plain one-line events elsewhere, status tables."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from benchmark.manifest import ACTIVE_STATES, COMPLETED, PENDING, RUNNING, JobRecord
+from benchmark.redact import Redactor
+
+# Off a terminal (CI logs, pipes) rich would squeeze tables into 80 columns and cut the log paths.
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+error_console = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
+_STATE_STYLE = {COMPLETED: "green", RUNNING: "cyan", PENDING: "dim"}
+_LOG_TAIL_LINES = 15
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _style(state: str) -> str:
+    return _STATE_STYLE.get(state, "yellow" if state in ACTIVE_STATES else "red")
+
+
+class SweepView:
+    """Counts, elapsed time and ETA of a sweep while it runs, and one line per event."""
+
+    def __init__(self, records: list[JobRecord], redactor: Redactor) -> None:
+        self.records = records
+        self.redactor = redactor
+        self.started = time.time()
+        self.live: Live | None = Live(self, console=console, refresh_per_second=4) if console.is_terminal else None
+
+    def __enter__(self) -> SweepView:
+        if self.live:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.live.stop()
+
+    def event(self, record: JobRecord, what: str) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        console.print(f"{stamp} {record.id} {self.redactor.text(what)}", markup=False)
+
+    def counts(self) -> Counter[str]:
+        return Counter(r.state for r in self.records)
+
+    def __rich__(self) -> Group:
+        counts = self.counts()
+        total, done = len(self.records), sum(n for s, n in counts.items() if s not in ACTIVE_STATES)
+        elapsed = time.time() - self.started
+        eta = elapsed / done * (total - done) if done else None
+        summary = Text.assemble(
+            (f"done {counts[COMPLETED]}", "green"), "  ",
+            (f"running {counts[RUNNING]}", "cyan"), "  ",
+            (f"failed {done - counts[COMPLETED]}", "red"), "  ",
+            (f"pending {counts[PENDING]}", "dim"),
+            f"   {done}/{total}  elapsed {_duration(elapsed)}",
+            f"  eta {_duration(eta)}" if eta is not None else "",
+        )
+        running = Table.grid(padding=(0, 2))
+        for record in self.records:
+            if record.state == RUNNING:
+                gpu = f"gpu {record.gpus}" if record.gpus else ""
+                running.add_row(record.id, _duration(record.duration), gpu)
+        return Group(summary, running)
+
+
+def status_table(records: Iterable[JobRecord], run_dir: Path, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("variant", "seed", "state", "exit", "duration", "tries", "log", "W&B run"):
+        table.add_column(column)
+    for r in records:
+        wandb = " ".join(x for x in (r.wandb_name, f"({r.wandb_id})" if r.wandb_id else None) if x)
+        table.add_row(
+            r.variant,
+            str(r.seed),
+            Text(r.state, style=_style(r.state)),
+            "" if r.exit_code is None else str(r.exit_code),
+            _duration(r.duration),
+            str(len(r.tries) + 1),
+            str(run_dir / r.log),
+            wandb,
+        )
+    return table
+
+
+def log_tail(path: Path, redactor: Redactor, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError as error:
+        return f"(no log: {error})"
+    return redactor.text("\n".join(text.splitlines()[-lines:]))
