@@ -19,7 +19,7 @@ import tyro
 
 from benchmark.backends import Backend, get_backend
 from benchmark.backends.local import detect_gpus, local_settings, log_path
-from benchmark.manifest import ACTIVE_STATES, COMPLETED, JobRecord, Manifest, ManifestError
+from benchmark.manifest import ACTIVE_STATES, COMPLETED, PENDING, JobRecord, Manifest, ManifestError
 from benchmark.plan import PlanError, expand, make_variants, seeds
 from benchmark.procs import claim_run_dir, live_harness
 from benchmark.redact import Redactor, referenced_secrets
@@ -164,23 +164,25 @@ def resume(args: ResumeArgs) -> int:
     if harness is not None:
         raise PlanError(f"{args.run_dir} is still being run by pid {harness}: wait for it or cancel it first")
     backend = get_backend(manifest.plan["backend"])
+    states = {r.id: r.state for r in manifest.jobs.values()}
     backend.refresh(manifest)
     settings = manifest.plan[manifest.plan["backend"]]
     for key in ("workers", "max_retries"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
-    todo = [r for r in manifest.jobs.values() if r.state != COMPLETED and r.state not in ACTIVE_STATES]
-    still_running = [r.id for r in manifest.jobs.values() if r.state in ACTIVE_STATES - {"PENDING"}]
+    for record in manifest.jobs.values():
+        ended_badly = record.state not in ACTIVE_STATES and record.state != COMPLETED
+        if ended_badly:
+            record.archive_try()
+            record.log = log_path(record.variant, record.seed, len(record.tries) + 1)
+        if ended_badly or record.state != states[record.id]:
+            manifest.save(record)
+    still_running = [r.id for r in manifest.jobs.values() if r.state in ACTIVE_STATES and r.state != PENDING]
     if still_running:
         console.print(f"left alone, still running: {', '.join(still_running)}")
-    for record in todo:
-        if record.start is not None or record.tries:
-            record.archive_try()
-        record.log = log_path(record.variant, record.seed, len(record.tries) + 1)
-        manifest.save(record)
-    todo += [r for r in manifest.jobs.values() if r.state == "PENDING" and r not in todo]
+    todo = [r for r in manifest.jobs.values() if r.state == PENDING]
     if not todo:
-        console.print(f"nothing to resume: all {len(manifest.jobs)} jobs completed")
+        console.print(f"nothing to resume: {len(manifest.jobs) - len(still_running)} jobs completed")
         return 0
     _warn_missing_secrets(manifest)
     console.print(f"resuming {len(todo)} of {len(manifest.jobs)} jobs")

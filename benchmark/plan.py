@@ -16,7 +16,8 @@ _NAME_PREFIX = re.compile(r"^(?P<name>[a-z0-9][A-Za-z0-9_.+-]*)=(?P<command>\S.*
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _EXP_NAME_FLAGS = ("--ppo_config.exp_name", "--exp-name", "--exp_name")
 _SLUG_MAX = 40
-_LAUNCHERS = {"python", "python3", "-m", "srun", "accelerate", "launch", "torchrun"}
+_LAUNCHERS = {"-m", "srun", "accelerate", "launch", "torchrun"}
+_PYTHON = re.compile(r"python[0-9.]*")
 _ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
@@ -75,9 +76,11 @@ def _slug(command: str) -> str:
     """A short readable name: the script or module plus its arguments, without interpreter noise."""
     words = []
     for token in _tokens(command):
-        if token in _LAUNCHERS or _ENV_ASSIGNMENT.match(token):
+        if _ENV_ASSIGNMENT.match(token):
             continue
         token = token.rsplit("/", 1)[-1].removesuffix(".py")
+        if token in _LAUNCHERS or _PYTHON.fullmatch(token):
+            continue
         token = token.lstrip("-").removeprefix("ppo_config.")
         words.append(token)
     slug = re.sub(r"[^A-Za-z0-9_.+]+", "-", "-".join(words)).strip("-.")

@@ -9,14 +9,17 @@ _HARNESS_PID = "harness.pid"
 
 
 def process_start(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot, or None if there is no such process."""
+    """The process's start time in clock ticks since boot, or None if no such process is running."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
         return None
-    # Field 22; the command name (field 2) may hold spaces, so count from its closing parenthesis.
-    return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    # Fields from 3 on; the command name (field 2) may hold spaces, so split after its parenthesis.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if fields[0] in (b"Z", b"X"):  # a zombie has ended; only its exit status is left to collect
+        return None
+    return int(fields[19])  # field 22, the start time
 
 
 def is_alive(pid: int | None, start: int | None) -> bool:
