@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from conftest import REPO, clean_env, records, run_cli
+from conftest import clean_env, records, run_cli
 
 # A job that records, from its own point of view, when it ran, with which seed and which GPUs.
 JOB = textwrap.dedent(
