@@ -1,0 +1,165 @@
+"""Seeds -> one curve per variant, and the numbers of the summary table.
+
+Every run's full history is used: nothing is sampled (openrlbenchmark's 1,500 random points made
+its tables wrong), and runs are aligned on the union of their x values rather than resampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from benchmark.report.runs import Run
+
+Band = Literal["std", "ci95"]
+
+# Wall-clock spacing jitters; a gap up to this many logging intervals is still "one interval".
+_GAP_TOLERANCE = 1.5
+_BOOTSTRAP_RESAMPLES = 1000
+# Bootstrap resamples of a long curve are done in slices of this many x values to bound memory.
+_BOOTSTRAP_SLICE = 2048
+
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+@dataclass
+class Series:
+    """One run's values of one metric against the x-axis, sorted, without gaps in the data."""
+
+    run: Run
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass
+class Curve:
+    """Seeds of one variant aligned on `x`; `low`/`high` are the band, `n` the seeds present."""
+
+    x: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    n: np.ndarray
+
+
+def series(run: Run, metric: str, x_axis: str, smooth: int = 1) -> Series | None:
+    """The metric of one run against `x_axis`, smoothed by a rolling mean over `smooth` logged
+    points; None when the run never logged it."""
+    if metric not in run.history or x_axis not in run.history:
+        return None
+    frame = run.history[[x_axis, metric]].dropna()
+    if frame.empty:
+        return None
+    # A step logged twice (a resumed run) counts once, with its latest value.
+    frame = frame.drop_duplicates(x_axis, keep="last").sort_values(x_axis)
+    y = frame[metric]
+    if smooth > 1:
+        y = y.rolling(smooth, min_periods=1).mean()
+    return Series(run, frame[x_axis].to_numpy(dtype=float), y.to_numpy(dtype=float))
+
+
+def align(runs: list[Series]) -> tuple[np.ndarray, np.ndarray]:
+    """Put every run on the union of their x values: (grid, values[run, x]).
+
+    Where a run did not log an x of the grid, it is interpolated between its neighbours only if they
+    are at most about one logging interval apart; across a longer gap, or outside its range, NaN.
+    """
+    grid = np.unique(np.concatenate([s.x for s in runs]))
+    values = np.full((len(runs), len(grid)), np.nan)
+    for i, s in enumerate(runs):
+        row = np.interp(grid, s.x, s.y, left=np.nan, right=np.nan)
+        if len(s.x) > 1:
+            right = np.clip(np.searchsorted(s.x, grid), 1, len(s.x) - 1)
+            gap = s.x[right] - s.x[right - 1]
+            logged = np.isin(grid, s.x)
+            interval = np.median(np.diff(s.x))
+            row[~logged & (gap > _GAP_TOLERANCE * interval)] = np.nan
+        else:
+            row[grid != s.x[0]] = np.nan
+        values[i] = row
+    return grid, values
+
+
+def curve(runs: list[Series], band: Band = "std") -> Curve:
+    """Mean over seeds at each x, with a band of one standard deviation or a bootstrap 95% CI."""
+    grid, values = align(runs)
+    present = ~np.isnan(values)
+    n = present.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(present, values, 0.0).sum(axis=0) / n
+        if band == "std":
+            deviation = np.sqrt(np.where(present, (values - mean) ** 2, 0.0).sum(axis=0) / (n - 1))
+            low, high = mean - deviation, mean + deviation
+        else:
+            low, high = _bootstrap_ci(values)
+    # One seed has no spread: no band rather than a zero-width one that looks like certainty.
+    low[n < 2] = high[n < 2] = np.nan
+    return Curve(grid, mean, low, high, n)
+
+
+def _bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap over seeds of the mean at each x (seeded, so reports are reproducible)."""
+    n_runs = values.shape[0]
+    rng = np.random.default_rng(seed)
+    # counts[b, r]: how often resample b drew run r; the resampled means are then a matrix product.
+    counts = rng.multinomial(n_runs, np.full(n_runs, 1 / n_runs), size=_BOOTSTRAP_RESAMPLES).astype(float)
+    low, high = np.empty(values.shape[1]), np.empty(values.shape[1])
+    for start in range(0, values.shape[1], _BOOTSTRAP_SLICE):
+        part = values[:, start : start + _BOOTSTRAP_SLICE]
+        present = ~np.isnan(part)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            # NaN where a resample drew only seeds that did not log this x: it then does not count.
+            means = (counts @ np.where(present, part, 0.0)) / (counts @ present)
+        # nanquantile is much slower, so only where some resample had nothing to average.
+        quantile = np.nanquantile if np.isnan(means).any() else np.quantile
+        low[start : start + part.shape[1]], high[start : start + part.shape[1]] = quantile(
+            means, [0.025, 0.975], axis=0
+        )
+    return low, high
+
+
+def final_value(s: Series, last_n: int) -> float:
+    """A run's end result: the mean of its last `last_n` logged values (one point is too noisy)."""
+    return float(np.mean(s.y[-last_n:]))
+
+
+@dataclass
+class Estimate:
+    mean: float
+    ci95: float  # half-width; NaN with fewer than two values
+    n: int
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "-"
+        if np.isnan(self.ci95):
+            return f"{self.mean:.3g}"
+        return f"{self.mean:.3g} ± {self.ci95:.2g}"
+
+
+def mean_ci95(values: list[float]) -> Estimate:
+    """Mean with a Student-t 95% interval: with 3-5 seeds a bootstrap interval is far too narrow,
+    and a symmetric half-width is what a `mean ± x` table can print."""
+    n = len(values)
+    if n == 0:
+        return Estimate(float("nan"), float("nan"), 0)
+    mean = float(np.mean(values))
+    if n < 2:
+        return Estimate(mean, float("nan"), n)
+    return Estimate(mean, t975(n - 1) * float(np.std(values, ddof=1)) / np.sqrt(n), n)
+
+
+def t975(df: int) -> float:
+    """Student's t 0.975 quantile: tabulated to 30 degrees of freedom, then the Cornish-Fisher
+    expansion around the normal quantile (off by under 0.2% there)."""
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df)

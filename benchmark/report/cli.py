@@ -1,0 +1,168 @@
+"""`benchmark report` / `python -m benchmark.report`: runs in, figures and a table out.
+
+The steps, in order: gather runs from the sources, keep those the filters select, group them into
+variants (or the presets' comparisons), average seeds into curves, draw, and write the summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+from rich.console import Console
+from rich.markup import escape
+
+from benchmark.report import cloud, figures, sources, summary
+from benchmark.report.aggregate import Band, Curve, curve, series
+from benchmark.report.presets import Preset, preset_selection
+from benchmark.report.runs import BROKEN_STATES, Run
+from benchmark.report.select import Filters, group_runs, key_of, parse_assignments
+
+Repeatable = tyro.conf.UseAppendAction
+
+
+@dataclass
+class ReportArgs:
+    """Seed-aggregated learning curves and a summary table from W&B runs (cloud or offline)."""
+
+    wandb_dir: Annotated[list[Path], Repeatable] = field(default_factory=list)
+    """a folder holding wandb's offline-run-*/run-* folders (or one such folder); repeatable"""
+    entity: str | None = None
+    """W&B entity of the cloud runs (with --project)"""
+    project: str | None = None
+    """W&B project of the cloud runs (with --entity)"""
+    tags: list[str] = field(default_factory=list)
+    """keep runs that carry all these tags"""
+    group: str | None = None
+    """keep runs of this W&B group"""
+    state: str | None = None
+    """keep runs in this state (finished, running, crashed, failed)"""
+    filter: Annotated[list[str], Repeatable] = field(default_factory=list)
+    """keep runs whose config has KEY=VALUE (dotted keys, e.g. trl_ppo_trainer_config.exp_name=x)"""
+    run_dir: Path | None = None
+    """a harness run dir: its variants and expected seeds, and where each job's W&B run is"""
+    metrics: list[str] = field(default_factory=lambda: [summary.REWARD, summary.KL])
+    """metrics to plot, one panel each"""
+    x_axis: str = "_step"
+    """x-axis: _step, or _runtime for wall time"""
+    group_by: str | None = None
+    """config key whose value makes a variant (default: the exp name)"""
+    labels: Annotated[list[str], Repeatable] = field(default_factory=list)
+    """rename a variant in figures and table: OLD=NEW; repeatable"""
+    smooth: int = 1
+    """rolling mean over this many logged points of each run before averaging"""
+    band: Band = "std"
+    """band around the mean: std over seeds, or ci95 (bootstrap 95% CI of the mean)"""
+    preset: list[Preset] = field(default_factory=list)
+    """draw the seed's comparisons instead of one figure of all variants"""
+    last_n: int = 10
+    """final values are each run's mean over its last N logged steps"""
+    include_crashed: bool = False
+    """average crashed and failed runs in too (the table says so)"""
+    refresh: bool = False
+    """refetch cloud runs even when cached"""
+    cache_dir: Path = field(default_factory=cloud.default_cache_dir)
+    """where fetched cloud runs are cached"""
+    name: str | None = None
+    """report name (default: the run dir's or project's name)"""
+    output_dir: Path | None = None
+    """where to write (default: results/<name>)"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = tyro.cli(ReportArgs, args=argv, prog="benchmark report")
+    return report(args)
+
+
+def report(args: ReportArgs, console: Console | None = None) -> int:
+    console = console or Console()
+    err = Console(stderr=True)
+    try:
+        filters = Filters(args.tags, args.group, args.state, parse_assignments(args.filter, "--filter"))
+        labels = parse_assignments(args.labels, "--labels")
+    except ValueError as error:
+        err.print(f"[red]error:[/] {error}")
+        return 2
+    if not (args.wandb_dir or args.project or args.run_dir):
+        err.print("[red]error:[/] name a source: --wandb-dir, --entity/--project or --run-dir")
+        return 2
+
+    found = sources.Found()
+    sources.from_wandb_dirs(args.wandb_dir, found)
+    if args.project:
+        if not args.entity:
+            err.print("[red]error:[/] --project needs --entity")
+            return 2
+        found.add(cloud.fetch_runs(args.entity, args.project, filters, args.cache_dir, args.refresh))
+    runs = [run for run in found.runs if filters.keep(run)]
+    if not runs:
+        err.print(
+            f"[red]No runs match[/] the filters ({escape(filters.describe())}); " + escape(sources.describe(found.runs))
+        )
+        _print_warnings(found.warnings, err)
+        return 1
+
+    name = args.name or (args.run_dir.name if args.run_dir else args.project) or "report"
+    out = args.output_dir or Path("results") / name
+    out.mkdir(parents=True, exist_ok=True)
+    warnings = list(found.warnings)
+
+    def used(group: list[Run]) -> list[Run]:
+        return [run for run in group if args.include_crashed or run.state not in BROKEN_STATES]
+
+    comparisons = (
+        [(p, *preset_selection(p, runs)) for p in args.preset]
+        if args.preset
+        else [("curves", runs, key_of(args.group_by))]
+    )
+    written: list[Path] = []
+    for title, chosen, key in comparisons:
+        groups = {label: used(group) for label, group in group_runs(chosen, key, labels).items()}
+        curves = _curves(groups, args, warnings)
+        if not curves:
+            warnings.append(f"{title}: none of the metrics {args.metrics} was logged by its runs; no figure")
+            continue
+        written += figures.plot(curves, args.x_axis, f"{name}: {title}", out / title, args.band)
+
+    expected = {labels.get(v, v): seeds for v, seeds in (found.expected_seeds or {}).items()}
+    rows = [
+        summary.summarize(variant, group, used(group), args.last_n, expected.get(variant), args.include_crashed)
+        for variant, group in group_runs(runs, key_of(args.group_by), labels).items()
+    ]
+    summary.write_markdown(rows, out / "summary.md", args.last_n)
+    summary.write_csv(rows, out / "summary.csv")
+    summary.write_html(rows, [p for p in written if p.suffix == ".svg"], warnings, out / "index.html", args.last_n)
+
+    summary.print_table(rows, console)
+    _print_warnings(warnings, err)
+    console.print(f"wrote {out}/: {', '.join(p.name for p in written)}, summary.md, summary.csv, index.html")
+    return 0
+
+
+def _curves(groups: dict[str, list[Run]], args: ReportArgs, warnings: list[str]) -> dict[str, dict[str, Curve]]:
+    """curves[metric][variant] for every metric that some run logged; names the runs lacking one."""
+    curves: dict[str, dict[str, Curve]] = {}
+    for metric in args.metrics:
+        lacking = []
+        for variant, group in groups.items():
+            found = []
+            for run in group:
+                s = series(run, metric, args.x_axis, args.smooth)
+                if s is None:
+                    lacking.append(run.name)
+                else:
+                    found.append(s)
+            if found:
+                curves.setdefault(metric, {})[variant] = curve(found, args.band)
+        if lacking:
+            warnings.append(
+                f"{metric} (x: {args.x_axis}) missing from runs {', '.join(lacking)}; plotted where present"
+            )
+    return curves
+
+
+def _print_warnings(warnings: list[str], err: Console) -> None:
+    for warning in warnings:
+        err.print("[yellow]warning:[/] " + escape(warning), highlight=False)

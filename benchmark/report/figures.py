@@ -1,0 +1,42 @@
+"""One figure per comparison: a panel per metric, a line per variant with its band over seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from benchmark.report.aggregate import Curve
+
+_AXIS_NAMES = {"_step": "step", "_runtime": "wall time (s)", "_timestamp": "time (unix s)"}
+_PANEL_SIZE = (5.0, 3.6)  # inches per metric panel
+
+
+def plot(curves: dict[str, dict[str, Curve]], x_axis: str, title: str, stem: Path, band_name: str) -> list[Path]:
+    """Draw `curves[metric][variant]` and write `stem`.png and `stem`.svg; returns both paths.
+
+    A `Figure` is built directly rather than through pyplot, so no global figure state or GUI
+    backend is involved and nothing needs closing.
+    """
+    metrics = list(curves)
+    figure = Figure(figsize=(_PANEL_SIZE[0] * len(metrics), _PANEL_SIZE[1]), layout="constrained")
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    variants = list(dict.fromkeys(v for per_variant in curves.values() for v in per_variant))
+    # A variant keeps its colour in every panel, even where it lacks a metric.
+    colours = {v: f"C{i % 10}" for i, v in enumerate(variants)}
+    for ax, metric in zip(axes, metrics, strict=True):
+        for variant, c in curves[metric].items():
+            ax.plot(c.x, c.mean, color=colours[variant], linewidth=1.2, label=f"{variant} (n={int(c.n.max())})")
+            if not np.isnan(c.low).all():
+                ax.fill_between(c.x, c.low, c.high, color=colours[variant], alpha=0.2, linewidth=0)
+        ax.set_title(metric)
+        ax.set_xlabel(_AXIS_NAMES.get(x_axis, x_axis))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small", title=f"mean, band: {band_name}", title_fontsize="small")
+    figure.suptitle(title)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        figure.savefig(path, dpi=120)
+    return paths

@@ -1,0 +1,281 @@
+"""Offline runs: wandb's own `.wandb` transaction logs, decoded with wandb's own protobuf.
+
+An offline run keeps its config and summary nowhere else, and wandb >= 0.30 has no Python reader
+for them any more, so this walks the file format itself. The format (as wandb 0.31 writes it): a
+7-byte header `:W&B` + `<H 0xBEE1>` + `<B 0>`, then LevelDB-log blocks of 32 KiB counted from the
+start of the file. Each chunk is `<I crc><H length><B type>` + data, type FULL, or FIRST, MIDDLE...,
+LAST for a record split across blocks; a block's tail shorter than a chunk header is zero padding.
+Each whole record is a `wandb_internal_pb2.Record`.
+
+A run killed mid-write leaves a torn or garbled tail: every record before the damage is kept and
+the damage is reported with file and byte offset, never raised, so one bad run cannot stop a report.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wandb.proto import wandb_internal_pb2 as pb
+
+from benchmark.report.runs import CRASHED, FAILED, FINISHED, RUNNING, Run, history_frame
+
+_MAGIC = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
+_BLOCK = 32 * 1024
+_CHUNK_HEADER = struct.Struct("<IHB")
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+_SUMMARY_FIELD = pb.Record.DESCRIPTOR.fields_by_name["summary"].number
+_RUN_FIELD = pb.Record.DESCRIPTOR.fields_by_name["run"].number
+# The CRC of each chunk starts from the CRC of its type byte (as in LevelDB, but unmasked).
+_TYPE_CRC = {t: zlib.crc32(bytes([t])) for t in (_FULL, _FIRST, _MIDDLE, _LAST)}
+
+# A run whose file has no exit record and has not been written for this long is taken as dead:
+# wandb writes at least a stats record every few seconds while the process lives.
+STALE_AFTER_S = 600.0
+
+
+@dataclass
+class Damage:
+    """Where a file stops making sense; everything before `offset` was used."""
+
+    path: Path
+    offset: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason} at byte {self.offset}; kept the records before it"
+
+
+@dataclass
+class _Log:
+    bodies: list[bytes] = field(default_factory=list)  # serialized `Record`s, in order
+    damage: Damage | None = None
+
+
+def read_records(path: Path) -> _Log:
+    """Every intact record of a `.wandb` file, still serialized, and where the file is damaged."""
+    data = path.read_bytes()
+    log = _Log()
+    if not data.startswith(_MAGIC):
+        log.damage = Damage(path, 0, "not a wandb transaction log (bad header)")
+        return log
+    pending: bytearray | None = None  # the pieces of a record split across blocks, while in one
+    record_start = pos = len(_MAGIC)
+    while pos < len(data):
+        left_in_block = _BLOCK - pos % _BLOCK
+        if left_in_block < _CHUNK_HEADER.size:
+            pos += left_in_block
+            continue
+        if pos + _CHUNK_HEADER.size > len(data):
+            log.damage = Damage(path, record_start, "file ends inside a chunk header")
+            break
+        crc, length, kind = _CHUNK_HEADER.unpack_from(data, pos)
+        body_start = pos + _CHUNK_HEADER.size
+        body = data[body_start : body_start + length]
+        if kind not in _TYPE_CRC or length > left_in_block - _CHUNK_HEADER.size:
+            log.damage = Damage(path, record_start, f"bad chunk header (type {kind}, length {length})")
+            break
+        if len(body) < length:
+            log.damage = Damage(path, record_start, "file ends inside a record")
+            break
+        if zlib.crc32(body, _TYPE_CRC[kind]) != crc:
+            log.damage = Damage(path, record_start, "checksum mismatch")
+            break
+        if (kind in (_FULL, _FIRST)) != (pending is None):
+            log.damage = Damage(path, record_start, "pieces of a split record out of order")
+            break
+        pos = body_start + length
+        if kind == _FIRST:
+            pending = bytearray(body)
+            continue
+        if kind == _MIDDLE:
+            pending += body
+            continue
+        if kind == _LAST:
+            body, pending = bytes(pending + body), None
+        if _record_field(body) is None:
+            log.damage = Damage(path, record_start, "undecodable record")
+            break
+        log.bodies.append(body)
+        record_start = pos
+    return log
+
+
+def read_run(path: Path) -> tuple[Run, Damage | None]:
+    """One offline run from its `.wandb` file (or the `offline-run-*` folder holding it)."""
+    if path.is_dir():
+        path = _run_file(path)
+    log = read_records(path)
+    rows: list[dict[str, Any]] = []
+    config: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    exit_code: int | None = None
+    for body in log.bodies:
+        if _record_field(body) == _SUMMARY_FIELD:
+            continue  # decoded only if asked for: see LazySummary
+        record = pb.Record.FromString(body)
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            rows.append(_history_row(record.history))
+        elif kind == "run":
+            meta = _run_meta(record.run)
+            _apply_items(config, record.run.config)
+        elif kind == "config":
+            _apply_items(config, record.config)
+        elif kind == "environment" and record.environment.gpu_count:
+            meta["gpu_count"] = record.environment.gpu_count
+        elif kind == "exit":
+            exit_code = record.exit.exit_code
+    config.pop("_wandb", None)  # wandb's own bookkeeping, not the user's config
+    run = Run(
+        id=meta.get("id") or path.stem.removeprefix("run-"),
+        name=meta.get("name") or path.parent.name,
+        state=_state(exit_code, log.damage, path),
+        config=config,
+        summary=LazySummary(path),
+        history=history_frame(rows),
+        source=str(path),
+        **{k: v for k, v in meta.items() if k not in ("id", "name")},
+    )
+    return run, log.damage
+
+
+class LazySummary(Mapping[str, Any]):
+    """A run's summary, decoded from its file on first use.
+
+    wandb writes two summary records per logged step (a copy of the row and the runtime), twice as
+    many as history records; decoding them doubles the reading time, and a report needs only
+    `_runtime`, which the history holds too. Holding the path, not the bytes, keeps it picklable
+    and small.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._data: dict[str, Any] | None = None
+
+    def _decoded(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = {}
+            for body in read_records(self._path).bodies:
+                if _record_field(body) in (_SUMMARY_FIELD, _RUN_FIELD):
+                    record = pb.Record.FromString(body)
+                    _apply_items(self._data, record.summary if record.HasField("summary") else record.run.summary)
+            self._data.pop("_wandb", None)
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+
+def find_run_files(directory: Path) -> list[Path]:
+    """The `.wandb` files under a wandb dir, its parent, or one run folder, oldest first.
+
+    `latest-run` is a symlink to a folder already listed, so it is skipped to not count a run twice.
+    """
+    if directory.is_file():
+        return [directory]
+    candidates = [directory, directory / "wandb"]
+    files: list[Path] = []
+    for base in candidates:
+        if not base.is_dir():
+            continue
+        files += sorted(base.glob("run-*.wandb"))
+        files += sorted(
+            f for d in base.glob("*run-*") if d.is_dir() and not d.is_symlink() for f in d.glob("run-*.wandb")
+        )
+    return files
+
+
+def _run_file(folder: Path) -> Path:
+    files = sorted(folder.glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no run-*.wandb file")
+    return files[0]
+
+
+def _history_row(history: pb.HistoryRecord) -> dict[str, Any]:
+    row: dict[str, Any] = {"_step": history.step.num}
+    for item in history.item:
+        # Only numbers become curves; float() reads JSON numbers and wandb's NaN/Infinity, and
+        # refuses text, lists and booleans, which is exactly the split wanted, without json.loads.
+        try:
+            value = float(item.value_json)
+        except ValueError:
+            continue
+        row[item.key or ".".join(item.nested_key)] = value
+    return row
+
+
+def _apply_items(target: dict[str, Any], change: pb.ConfigRecord | pb.SummaryRecord) -> None:
+    """A config or summary record: values are JSON, keys either flat or a path into nested dicts."""
+    for item in change.update:
+        *parents, last = list(item.nested_key) or [item.key]
+        node = target
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = json.loads(item.value_json)
+    for item in change.remove:
+        *parents, last = list(item.nested_key) or [item.key]
+        node = target
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
+
+
+def _record_field(body: bytes) -> int | None:
+    """The field number of the record's payload (history, summary, ...) read off its first bytes,
+    so that records the report skips are never decoded; None when the bytes make no sense.
+
+    Protobuf writers emit fields in field-number order: an optional `num` (field 1, a varint),
+    then the payload's tag, whose upper bits are its field number.
+    """
+    pos = 0
+    try:
+        if body[0] == 0x08:  # `num`, wire type varint: skip it
+            _, pos = _varint(body, 1)
+        tag, _ = _varint(body, pos)
+    except IndexError:
+        return None
+    return tag >> 3
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _run_meta(run: pb.RunRecord) -> dict[str, Any]:
+    return {
+        "id": run.run_id,
+        "name": run.display_name,
+        "project": run.project,
+        "entity": run.entity,
+        "group": run.run_group,
+        "tags": list(run.tags),
+    }
+
+
+def _state(exit_code: int | None, damage: Damage | None, path: Path) -> str:
+    if exit_code is not None:
+        return FINISHED if exit_code == 0 else FAILED
+    if damage is not None or time.time() - path.stat().st_mtime > STALE_AFTER_S:
+        return CRASHED
+    return RUNNING

@@ -1,0 +1,210 @@
+"""The table: per variant, seeds done / expected and end results; written as md, csv, html, terminal."""
+
+from __future__ import annotations
+
+import csv
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmark.report.aggregate import Estimate, final_value, mean_ci95, series
+from benchmark.report.runs import BROKEN_STATES, FINISHED, RUNNING, Run, config_value
+
+REWARD, KL = "env/reward_mean", "objective/kl"
+HEADERS = (
+    "variant",
+    "seeds done / expected",
+    f"final {REWARD} (95% CI)",
+    f"final {KL} (95% CI)",
+    "runtime",
+    "samples/s",
+    "GPU-hours",
+    "notes",
+)
+
+
+@dataclass
+class Row:
+    variant: str
+    done: int
+    expected: int
+    running: int
+    broken: int  # crashed, failed or killed
+    broken_included: bool
+    missing: list[int] = field(default_factory=list)  # expected seeds that never produced a run
+    reward: Estimate = field(default_factory=lambda: mean_ci95([]))
+    kl: Estimate = field(default_factory=lambda: mean_ci95([]))
+    runtime_s: float | None = None  # mean over the runs used
+    samples_per_s: float | None = None  # mean over the runs used
+    gpu_hours: float | None = None  # total over the runs used
+
+    def notes(self) -> str:
+        notes = []
+        if self.broken:
+            verb = "included" if self.broken_included else "excluded"
+            notes.append(f"{self.broken} crashed/failed {verb}")
+        if self.running:
+            notes.append(f"{self.running} still running")
+        if self.missing:
+            notes.append("missing seeds " + ", ".join(map(str, self.missing)))
+        return "; ".join(notes)
+
+    def cells(self) -> list[str]:
+        """The row as displayed, the same in markdown, html and on the terminal."""
+        return [
+            self.variant,
+            f"{self.done} / {self.expected}",
+            str(self.reward),
+            str(self.kl),
+            _duration(self.runtime_s),
+            _number(self.samples_per_s),
+            _number(self.gpu_hours),
+            self.notes(),
+        ]
+
+    def record(self) -> dict[str, object]:
+        """The row as data, for the csv: full precision, empty where unknown."""
+        return {
+            "variant": self.variant,
+            "seeds_done": self.done,
+            "seeds_expected": self.expected,
+            "seeds_running": self.running,
+            "seeds_crashed": self.broken,
+            "crashed_included": self.broken_included,
+            "missing_seeds": " ".join(map(str, self.missing)),
+            "reward_mean": _blank(self.reward.mean),
+            "reward_ci95": _blank(self.reward.ci95),
+            "reward_n": self.reward.n,
+            "kl_mean": _blank(self.kl.mean),
+            "kl_ci95": _blank(self.kl.ci95),
+            "kl_n": self.kl.n,
+            "runtime_s": _blank(self.runtime_s),
+            "samples_per_s": _blank(self.samples_per_s),
+            "gpu_hours": _blank(self.gpu_hours),
+        }
+
+
+def summarize(
+    variant: str,
+    runs: list[Run],
+    used: list[Run],
+    last_n: int,
+    expected_seeds: list[int] | None = None,
+    include_crashed: bool = False,
+) -> Row:
+    """One variant's row. `runs` is everything found for it, `used` the runs that are averaged."""
+    seen = {run.seed for run in runs}
+    return Row(
+        variant=variant,
+        done=sum(run.state == FINISHED for run in runs),
+        expected=len(expected_seeds) if expected_seeds is not None else len(runs),
+        running=sum(run.state == RUNNING for run in runs),
+        broken=sum(run.state in BROKEN_STATES for run in runs),
+        broken_included=include_crashed,
+        missing=[s for s in expected_seeds or [] if s not in seen],
+        reward=_final(used, REWARD, last_n),
+        kl=_final(used, KL, last_n),
+        runtime_s=_mean([run.runtime for run in used]),
+        samples_per_s=_mean([_samples_per_s(run) for run in used]),
+        gpu_hours=_total([_gpu_hours(run) for run in used]),
+    )
+
+
+def _final(runs: list[Run], metric: str, last_n: int) -> Estimate:
+    values = [final_value(s, last_n) for run in runs if (s := series(run, metric, "_step")) is not None]
+    return mean_ci95(values)
+
+
+def _samples_per_s(run: Run) -> float | None:
+    """Queries per second of the whole run: PPO steps x batch size / runtime."""
+    batch_size = config_value(run.config, "batch_size")
+    if not isinstance(batch_size, int) or not run.runtime or run.history.empty:
+        return None
+    steps = int(run.history["_step"].max()) + 1
+    return steps * batch_size / run.runtime
+
+
+def _gpu_hours(run: Run) -> float | None:
+    if not run.gpu_count or run.runtime is None:
+        return None
+    return run.gpu_count * run.runtime / 3600
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _total(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _blank(value: float | None) -> float | str:
+    return "" if value is None or value != value else value  # value != value: NaN
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def write_markdown(rows: list[Row], path: Path, last_n: int) -> None:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row.cells()) + " |" for row in rows]
+    path.write_text("\n".join(lines + ["", _footnote(last_n)]) + "\n")
+
+
+def write_csv(rows: list[Row], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].record()) if rows else ["variant"])
+        writer.writeheader()
+        writer.writerows(row.record() for row in rows)
+
+
+def write_html(rows: list[Row], figures: list[Path], warnings: list[str], path: Path, last_n: int) -> None:
+    """A self-contained page beside the figures: they are linked by relative name."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in HEADERS)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row.cells()) + "</tr>" for row in rows)
+    images = "".join(
+        f'<figure><img src="{esc(f.name)}" alt="{esc(f.stem)}"><figcaption>{esc(f.stem)}</figcaption></figure>'
+        for f in figures
+    )
+    notes = "".join(f"<li>{esc(w)}</li>" for w in warnings)
+    path.write_text(
+        "<!doctype html>\n<html><head><meta charset='utf-8'><title>Benchmark report</title><style>"
+        "body{font-family:sans-serif;margin:2em;background:#fff;color:#222}"
+        "img{max-width:100%}table{border-collapse:collapse}"
+        "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#eef}"
+        "</style></head><body><h1>Benchmark report</h1>"
+        f"{images}<h2>Summary</h2><table><tr>{head}</tr>{body}</table><p>{esc(_footnote(last_n))}</p>"
+        + (f"<h2>Warnings</h2><ul>{notes}</ul>" if notes else "")
+        + "</body></html>\n"
+    )
+
+
+def print_table(rows: list[Row], console: Console) -> None:
+    table = Table(*HEADERS, title="Benchmark summary")
+    for row in rows:
+        table.add_row(*row.cells())
+    console.print(table)
+
+
+def _footnote(last_n: int) -> str:
+    return (
+        f"Final values: each run's mean over its last {last_n} logged steps, then mean ± Student-t 95% "
+        "CI over seeds. Runtime and samples/s: mean per run; GPU-hours: total."
+    )
