@@ -12,10 +12,10 @@ stop() {
     kill -TERM "$pid"
     # MariaDB flushes to disk on the way out; give it time before forcing.
     for ((i = 0; i < 100; i++)); do
-      [ -d "/proc/$pid" ] || break
+      alive "$pid" "${1%%-*}" || break
       sleep 0.1
     done
-    [ -d "/proc/$pid" ] && kill -KILL "$pid"
+    if alive "$pid" "${1%%-*}"; then kill -KILL "$pid"; fi
   fi
   rm -f "$(pidfile "$1")"
 }

@@ -31,10 +31,14 @@ pidfile() {
   esac
 }
 
-# The pid in the pid file, if that process is alive and is the named program (after a crash or a reboot,
-# a stale pid can belong to some unrelated process).
+# Whether PID is a live process of the named program: after a crash or a reboot, a stale pid can belong
+# to an unrelated process, and a killed daemon lingers as a zombie (state Z) until it is reaped.
+alive() {
+  [[ $(cat "/proc/$1/stat" 2>/dev/null) == "$1 ($2) "[!Z]* ]]
+}
+
+# The pid of a lab daemon (munged, slurmd-node1, ...) if it is running.
 running_pid() {
   local pid
-  pid=$(cat "$(pidfile "$1")" 2>/dev/null) || return 1
-  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "${1%%-*}" ] && echo "$pid"
+  pid=$(cat "$(pidfile "$1")" 2>/dev/null) && alive "$pid" "${1%%-*}" && echo "$pid"
 }

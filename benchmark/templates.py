@@ -1,0 +1,154 @@
+"""Render a Slurm batch-script template (jinja2) with TRL's variables and ours.
+
+The variables and their meanings are listed at the top of templates/trl.slurm_template.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import jinja2
+from jinja2 import meta, nodes
+
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "trl.slurm_template"
+EXIT_DIR = "exit"
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class TemplateError(Exception):
+    """A template that cannot be rendered: missing file, syntax error, undefined variable."""
+
+
+class UndefinedVariableError(TemplateError):
+    def __init__(self, variable: str, path: Path, line: int | None, known: Sequence[str]) -> None:
+        self.variable, self.path, self.line = variable, path, line
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: undefined template variable '{variable}' (known: {', '.join(sorted(known))})")
+
+
+def exit_file(run_dir: Path | str, job_id: str | int, task_id: int) -> Path:
+    """Where array task `job_id`_`task_id` writes its exit code (see the template's header)."""
+    return Path(run_dir) / EXIT_DIR / f"{job_id}_{task_id}"
+
+
+def render(
+    template: Path | str,
+    *,
+    command: str,
+    seeds: Sequence[int],
+    run_dir: Path | str,
+    workers: int = 0,
+    gpus_per_task: int = 1,
+    total_cpus: int = 1,
+    ntasks: int = 1,
+    nodes: int | None = None,
+    job_name: str = "trl",
+    partition: str | None = None,
+    time: str | None = None,
+    mem: str | None = None,
+    log_path: str | None = None,
+    extra_sbatch: Sequence[str] = (),
+    setup: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    secret_env: Sequence[str] = (),
+    seed_flag: str = "--seed",
+) -> str:
+    """The batch script for one variant: a job array with one task per seed.
+
+    `log_path` defaults to RUN_DIR/logs/%x_%A_%a.out. Secrets are passed by name only (`secret_env`):
+    the job reads them from the submitting environment, so their values never reach the script.
+    """
+    path = Path(template)
+    if not seeds:
+        raise ValueError("no seeds to render")
+    if workers < 0 or gpus_per_task < 0 or ntasks < 1 or total_cpus < 1:
+        raise ValueError(
+            f"need workers >= 0, gpus_per_task >= 0, ntasks >= 1, total_cpus >= 1; got {workers}, "
+            f"{gpus_per_task}, {ntasks}, {total_cpus}"
+        )
+    env = dict(env or {})
+    for name in [*env, *secret_env]:
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"not an environment variable name: {name!r}")
+    if leaked := set(env) & set(secret_env):
+        raise ValueError(f"secret variables must not be given values: {', '.join(sorted(leaked))}")
+
+    total_gpus = gpus_per_task * ntasks
+    throttle = f"%{workers}" if workers else ""
+    values = {
+        "array": f"0-{len(seeds) - 1}{throttle}",
+        "seeds": f"({' '.join(str(seed) for seed in seeds)})",
+        "len_seeds": len(seeds),
+        "command": command,
+        "gpus_per_task": gpus_per_task,
+        "cpus_per_gpu": math.ceil(total_cpus / total_gpus) if total_gpus else 0,
+        "cpus_per_task": math.ceil(total_cpus / ntasks),
+        "ntasks": ntasks,
+        "nodes": f"#SBATCH --nodes={nodes}" if nodes is not None else "",
+        "job_name": job_name,
+        "partition": partition,
+        "time": time,
+        "mem": mem,
+        "run_dir": str(run_dir),
+        "log_path": log_path or str(Path(run_dir) / "logs" / "%x_%A_%a.out"),
+        "extra_sbatch": list(extra_sbatch),
+        "setup": list(setup),
+        "env": env,
+        "secret_env": list(secret_env),
+        "seed_flag": seed_flag,
+        "exit_dir": str(Path(run_dir) / EXIT_DIR),
+    }
+    return _render_file(path, values)
+
+
+def _render_file(path: Path, values: dict[str, object]) -> str:
+    if not path.is_file():
+        raise TemplateError(f"template file not found: {path}")
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(path.parent),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["q"] = shlex.quote
+    source = path.read_text()
+    try:
+        tree = environment.parse(source, path.name, str(path))
+        template = environment.get_template(path.name)
+    except jinja2.TemplateSyntaxError as error:
+        raise TemplateError(f"{path}:{error.lineno}: {error.message}") from None
+    # Checked before rendering, so a variable in a branch not taken is caught too.
+    for name, line in _free_names(tree):
+        if name not in values and name not in environment.globals:
+            raise UndefinedVariableError(name, path, line, list(values))
+    try:
+        return template.render(values)
+    except jinja2.UndefinedError as error:  # e.g. a missing key of `env`
+        raise TemplateError(f"{path}:{_template_line(error, template.filename)}: {error}") from None
+
+
+def _free_names(tree: nodes.Template) -> list[tuple[str, int]]:
+    """The template's free variables, each with its first line, in order of appearance."""
+    free = meta.find_undeclared_variables(tree)
+    first: dict[str, int] = {}
+    for node in tree.find_all(nodes.Name):
+        if node.name in free:
+            first.setdefault(node.name, node.lineno)
+    return sorted(first.items(), key=lambda item: item[1])
+
+
+def _template_line(error: Exception, filename: str | None) -> int | None:
+    # jinja2 rewrites the traceback so that template frames carry the template's file and line.
+    tb: types.TracebackType | None = error.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
