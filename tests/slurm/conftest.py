@@ -102,6 +102,7 @@ def lab() -> Lab:
 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
-    # sbatch opens the log itself and does not create its directory.
-    (tmp_path / "logs").mkdir()
-    return tmp_path
+    # The space checks the script's quoting. sbatch opens the log but does not create its directory.
+    path = tmp_path / "run dir"
+    (path / "logs").mkdir(parents=True)
+    return path
