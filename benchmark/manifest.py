@@ -1,9 +1,10 @@
 """The run's records: `RUN_DIR/manifest.jsonl`, the single source of truth for status and resume.
 
-The first line is the plan; every later line is a full snapshot of one job, appended and fsync'd
-whenever the job changes state (before it starts and when it ends). The last snapshot of a job wins.
-Appending a line costs a fraction of a millisecond where rewriting a whole file with fsync and
-rename costs several, and a harness killed at any moment leaves every line it wrote intact. The file
+The first line is the plan; every later line is a full snapshot of one job, appended whenever the
+job changes state. The last snapshot of a job wins. Appending a line costs microseconds where
+rewriting the whole file costs milliseconds, and a harness killed at any moment leaves every line it
+wrote intact. Lines are fsync'd before any job starts, so after a crash of the whole machine no job
+can have run without a record; a line torn by such a crash is the last one, and is skipped. The file
 is created whole (temp file, fsync, rename), so a crash never leaves a half-written plan.
 """
 
@@ -13,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,7 @@ class Manifest:
         self.run_dir = run_dir
         self.plan = plan
         self.jobs = jobs
+        self._fd: int | None = None
 
     @property
     def path(self) -> Path:
@@ -100,7 +102,7 @@ class Manifest:
         if path.exists():
             raise ManifestError(f"{path} already exists: use `benchmark resume {run_dir}` or another --run-dir")
         manifest = cls(run_dir, plan, {r.id: r for r in records})
-        lines = [json.dumps({"plan": plan})] + [json.dumps({"job": asdict(r)}) for r in manifest.jobs.values()]
+        lines = [json.dumps({"plan": plan})] + [json.dumps({"job": vars(r)}) for r in manifest.jobs.values()]
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -142,16 +144,17 @@ class Manifest:
             raise ManifestError(f"{path}, line 1: no plan record")
         return cls(run_dir, plan, jobs)
 
-    def save(self, record: JobRecord) -> None:
-        """Append one job's snapshot, durably, before the caller goes on."""
-        self.jobs[record.id] = record
-        data = (json.dumps({"job": asdict(record)}) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def save(self, *records: JobRecord, sync: bool = True) -> None:
+        """Append the records' snapshots. A killed harness loses nothing once this returns; with
+        `sync` the lines (and every line before them) also survive a crash of the machine."""
+        for record in records:
+            self.jobs[record.id] = record
+        data = "".join(json.dumps({"job": vars(record)}) + "\n" for record in records).encode()
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        os.write(self._fd, data)
+        if sync:
+            os.fsync(self._fd)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -54,9 +54,16 @@ class SweepView:
         if self.live:
             self.live.stop()
 
-    def event(self, record: JobRecord, what: str) -> None:
-        stamp = time.strftime("%H:%M:%S")
-        console.print(f"{stamp} {record.id} {self.redactor.text(what)}", markup=False)
+    def event(self, record: JobRecord, what: str, notable: bool = False) -> None:
+        """One line per event off a terminal (CI logs); on a terminal the live view shows the routine
+        ones, and only notable events (failures, retries) are printed above it."""
+        if self.live and not notable:
+            return
+        line = f"{time.strftime('%H:%M:%S')} {record.id} {self.redactor.text(what)}"
+        if self.live:
+            console.print(line, markup=False)
+        else:
+            print(line, flush=True)
 
     def counts(self) -> Counter[str]:
         return Counter(r.state for r in self.records)

@@ -35,9 +35,9 @@ from benchmark.redact import Redactor
 from benchmark.tags import merge_wandb_tags
 from benchmark.view import SweepView, console, log_tail
 
-# `(eval "$1")` runs the command exactly as `sh -c` would (TRL ran commands with shell=True), in a
-# subshell, so even a command that calls `exit` leaves its code to be written.
-_WRAPPER = '(eval "$1"); code=$?; echo "$code" > "$2"; exit "$code"'
+# `eval "$1"` runs the command exactly as `sh -c` would; the EXIT trap writes its exit code even
+# when the command itself calls `exit`.
+_WRAPPER = 'trap \'echo $? > "$2"\' EXIT; eval "$1"'
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -216,6 +216,7 @@ class _Pool:
         self.slots = GpuSlots(self.settings["gpus"], self.settings["jobs_per_gpu"])
         self.queue = deque(manifest.jobs[i] for i in ids)
         self.running: dict[int, tuple[JobRecord, list[str]]] = {}
+        self.log_dirs: set[Path] = set()
         self.redactor = Redactor()
         self.env = self._base_env()
         self.view = SweepView([manifest.jobs[i] for i in ids], self.redactor)
@@ -250,37 +251,51 @@ class _Pool:
         # Signals are blocked while records change and let through only while waiting, so a Ctrl-C
         # never falls between starting a process and recording its pid.
         while self.queue or self.running:
-            while self.queue and len(self.running) < self.width:
-                gpus = self.slots.take(self.settings["gpus_per_job"]) if self.settings["gpus"] else []
-                if gpus is None:
-                    break
-                self._start(self.queue.popleft(), gpus)
+            self._start_wave()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-            pid, status = os.wait()
+            ended = [os.wait()]
             signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-            if pid in self.running:
-                self._finish(pid, os.waitstatus_to_exitcode(status))
+            ended += _ended_children()
+            finished = [self._finish(pid, os.waitstatus_to_exitcode(status)) for pid, status in ended
+                        if pid in self.running]
+            self.manifest.save(*finished, sync=False)
 
-    def _start(self, record: JobRecord, gpus: list[str]) -> None:
-        record.log = log_path(record.variant, record.seed, len(record.tries) + 1)
-        record.state, record.start, record.gpus = RUNNING, time.time(), ",".join(gpus) or None
-        record.wandb_id = _wandb_run_id()
-        record.wandb_name = f"{record.variant}__{record.seed}__{int(record.start)}"
-        self.manifest.save(record)
+    def _start_wave(self) -> None:
+        """Start as many queued jobs as slots allow, recorded durably (one fsync) before any runs."""
+        wave: list[tuple[JobRecord, list[str]]] = []
+        while self.queue and len(self.running) + len(wave) < self.width:
+            gpus = self.slots.take(self.settings["gpus_per_job"]) if self.settings["gpus"] else []
+            if gpus is None:
+                break
+            record = self.queue.popleft()
+            record.log = log_path(record.variant, record.seed, len(record.tries) + 1)
+            record.state, record.start, record.gpus = RUNNING, time.time(), ",".join(gpus) or None
+            record.wandb_id = _wandb_run_id()
+            record.wandb_name = f"{record.variant}__{record.seed}__{int(record.start)}"
+            wave.append((record, gpus))
+        if not wave:
+            return
+        self.manifest.save(*(record for record, _ in wave))
+        for record, gpus in wave:
+            self._spawn(record, gpus)
+        self.manifest.save(*(record for record, _ in wave), sync=False)
 
+    def _spawn(self, record: JobRecord, gpus: list[str]) -> None:
         env = dict(self.env)
         env.update(
             BENCHMARK_JOB_ID=record.id,
             BENCHMARK_VARIANT=record.variant,
             BENCHMARK_SEED=str(record.seed),
             WANDB_RUN_GROUP=env.get("WANDB_RUN_GROUP", record.variant),
-            WANDB_NAME=env.get("WANDB_NAME", record.wandb_name),
-            WANDB_RUN_ID=record.wandb_id,
+            WANDB_NAME=env.get("WANDB_NAME", record.wandb_name or ""),
+            WANDB_RUN_ID=record.wandb_id or "",
         )
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = record.gpus or ""
         log = self.run_dir / record.log
-        log.parent.mkdir(parents=True, exist_ok=True)
+        if log.parent not in self.log_dirs:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            self.log_dirs.add(log.parent)
         with open(log, "wb") as out:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", _WRAPPER, "sh", record.command, str(exit_path(self.run_dir, record))],
@@ -292,22 +307,22 @@ class _Pool:
         process.returncode = 0
         record.pid, record.pid_start = process.pid, process_start(process.pid)
         self.running[process.pid] = (record, gpus)
-        self.manifest.save(record)
         self.view.event(record, f"started{f' on gpu {record.gpus}' if gpus else ''}, pid {process.pid}")
 
-    def _finish(self, pid: int, exit_code: int) -> None:
+    def _finish(self, pid: int, exit_code: int) -> JobRecord:
         record, gpus = self.running.pop(pid)
         self.slots.give_back(gpus)
         record.end, record.exit_code = time.time(), exit_code
         record.state = COMPLETED if exit_code == 0 else FAILED
         took = f"{record.end - (record.start or record.end):.1f}s"
         if record.state == FAILED and len(record.tries) < self.settings["max_retries"]:
-            self.view.event(record, f"failed with exit code {exit_code} after {took}; retrying")
+            self.view.event(record, f"failed with exit code {exit_code} after {took}; retrying", notable=True)
             record.archive_try()
             self.queue.append(record)
         else:
-            self.view.event(record, f"{record.state.lower()} (exit {exit_code}) after {took}")
-        self.manifest.save(record)
+            outcome = f"{record.state.lower()} (exit {exit_code}) after {took}"
+            self.view.event(record, outcome, notable=record.state == FAILED)
+        return record
 
     def _stop_all(self, why: str) -> None:
         console.print(f"{why}: stopping {len(self.running)} running job(s); {len(self.queue)} not started")
@@ -316,7 +331,7 @@ class _Pool:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
             record.state, record.end = CANCELLED, time.time()
-            self.manifest.save(record)
+        self.manifest.save(*(record for record, _ in self.running.values()))
         self.running.clear()
 
     def _summary(self) -> int:
@@ -331,6 +346,15 @@ class _Pool:
             )
             console.print(log_tail(self.run_dir / record.log, self.redactor), markup=False)
         return 1 if failed else 0
+
+
+def _ended_children() -> list[tuple[int, int]]:
+    """Every child that has ended by now, without waiting: their slots refill in one wave."""
+    ended = []
+    with contextlib.suppress(ChildProcessError):
+        while (child := os.waitpid(-1, os.WNOHANG))[0]:
+            ended.append(child)
+    return ended
 
 
 def _raise_interrupted(signum: int, _frame: object) -> None:
