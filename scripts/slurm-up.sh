@@ -17,7 +17,9 @@ install_packages() {
   [ ${#missing[@]} -eq 0 ] && return
   # A fresh image may have no package lists; otherwise `apt-get update` is time wasted.
   apt-cache show "${missing[@]}" >/dev/null 2>&1 || apt-get update -q
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # Another apt-get may be running (a parallel setup): wait for its lock rather than fail.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 \
+    "${missing[@]}"
 }
 
 # A log file the daemon can append to after dropping root.
@@ -164,7 +166,7 @@ start_slurmdbd() {
   slurmdbd
   wait_for slurmdbd slurmdbd sacctmgr -n list cluster
   # slurmctld's accounting is lost until its cluster exists in the database.
-  sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER" || sacctmgr -i add cluster "$CLUSTER"
+  sacctmgr -n -P list cluster format=cluster | grep -qx "$CLUSTER" || sacctmgr -i add cluster "$CLUSTER" >/dev/null
 }
 
 start_slurmctld() {
