@@ -6,6 +6,7 @@ variants (or the presets' comparisons), average seeds into curves, draw, and wri
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -77,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args: ReportArgs, console: Console | None = None) -> int:
-    console = console or Console()
-    err = Console(stderr=True)
+    # Piped to a file or CI log, rich would wrap the table at 80 columns.
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         filters = Filters(args.tags, args.group, args.state, parse_assignments(args.filter, "--filter"))
         labels = parse_assignments(args.labels, "--labels")

@@ -16,9 +16,9 @@ from benchmark.report.runs import BROKEN_STATES, FINISHED, RUNNING, Run, config_
 REWARD, KL = "env/reward_mean", "objective/kl"
 HEADERS = (
     "variant",
-    "seeds done / expected",
-    f"final {REWARD} (95% CI)",
-    f"final {KL} (95% CI)",
+    "seeds done/expected",
+    f"final {REWARD}",
+    f"final {KL}",
     "runtime",
     "samples/s",
     "GPU-hours",

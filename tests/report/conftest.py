@@ -127,6 +127,8 @@ def sweep(offline_env: Path) -> Sweep:
     runs = {(v, s): write_run(v, s) for v in VARIANTS for s in SEEDS}
     runs[FAILED] = write_run(*FAILED, exit_code=1)
     runs[TRUNCATED] = write_run(*TRUNCATED)
+    # wandb-core may still be flushing after finish() returns; only teardown waits for the files.
+    wandb.teardown()
     with open(runs[TRUNCATED].file, "r+b") as f:
         f.truncate(TRUNCATE_AT)
     return Sweep(offline_env, runs)

@@ -117,8 +117,10 @@ def test_matches_wandb_leet_inspect(sweep: Sweep) -> None:
     }
 
 
-def test_ten_thousand_steps_read_well_under_a_second(offline_env: Path) -> None:
-    run = wandb.init(project="speed", name="long")
+@pytest.mark.slow
+def test_ten_thousand_steps_read_well_under_a_second(offline_env: Path, tmp_path: Path) -> None:
+    # Its own dir: the sweep's folder must hold the sweep only.
+    run = wandb.init(project="speed", name="long", dir=tmp_path)
     for step in range(10_000):
         run.log({"env/reward_mean": step * 1e-3, "objective/kl": 0.5})
     path = Path(run.dir).parent / f"run-{run.id}.wandb"

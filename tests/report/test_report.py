@@ -1,0 +1,173 @@
+"""`python -m benchmark.report` end to end on the sweep: table numbers by hand, figures, bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from benchmark.report import main, offline
+from benchmark.report.presets import preset_selection
+
+if TYPE_CHECKING:
+    from tests.report.conftest import Sweep
+
+LAST_N = 10
+T975 = {1: 12.706, 2: 4.303}  # Student-t 0.975 quantiles, from a printed table
+
+
+@pytest.fixture(scope="module")
+def report_dir(sweep: Sweep, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    assert main(["--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(out), "--last-n", str(LAST_N)]) == 0
+    return out
+
+
+def table(out: Path) -> dict[str, dict[str, str]]:
+    with open(out / "summary.csv") as f:
+        return {row["variant"]: row for row in csv.DictReader(f)}
+
+
+def by_hand(sweep: Sweep, variant: str, metric: str, seeds: tuple[int, ...]) -> tuple[float, float]:
+    """Mean over seeds of each run's last-N average, and the Student-t 95% half-width."""
+    finals = [statistics.fmean(row[metric] for row in sweep.runs[variant, s].rows[-LAST_N:]) for s in seeds]
+    return statistics.fmean(finals), T975[len(finals) - 1] * statistics.stdev(finals) / len(finals) ** 0.5
+
+
+def test_summary_numbers_equal_hand_computed_ones(sweep: Sweep, report_dir: Path) -> None:
+    rows = table(report_dir)
+    assert set(rows) == set(sweep.variants)
+    for variant in sweep.variants:
+        row = rows[variant]
+        mean, ci = by_hand(sweep, variant, "env/reward_mean", sweep.seeds)
+        assert float(row["reward_mean"]) == pytest.approx(mean, rel=1e-12)
+        assert float(row["reward_ci95"]) == pytest.approx(ci, rel=1e-12)
+        kl_seeds = tuple(s for s in sweep.seeds if (variant, s) != sweep.no_kl)
+        if len(kl_seeds) > 1:
+            assert float(row["kl_mean"]) == pytest.approx(by_hand(sweep, variant, "objective/kl", kl_seeds)[0])
+        else:  # one seed: a value without an interval
+            assert row["kl_ci95"] == "" and row["kl_n"] == "1"
+    # Samples/s: steps x batch size / runtime, per run, averaged over the seeds used.
+    runtimes = [offline.read_run(sweep.runs["sentiment_tuning", s].file)[0].runtime for s in sweep.seeds]
+    expected = statistics.fmean(40 * 16 / r for r in runtimes)
+    assert float(rows["sentiment_tuning"]["samples_per_s"]) == pytest.approx(expected)
+
+
+def test_crashed_runs_are_excluded_and_the_table_says_so(sweep: Sweep, report_dir: Path) -> None:
+    rows = table(report_dir)
+    for variant in (sweep.failed[0], sweep.truncated[0]):
+        row = rows[variant]
+        assert (row["seeds_done"], row["seeds_expected"], row["seeds_crashed"]) == ("2", "3", "1")
+        assert row["reward_n"] == "2" and row["crashed_included"] == "False"
+    markdown = (report_dir / "summary.md").read_text()
+    assert markdown.count("1 crashed/failed excluded") == 2
+    assert "2 / 3" in markdown
+
+
+def test_include_crashed_averages_them_in(sweep: Sweep, tmp_path: Path) -> None:
+    assert main(["--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(tmp_path), "--include-crashed"]) == 0
+    row = table(tmp_path)["sentiment_tuning"]
+    mean, ci = by_hand(sweep, "sentiment_tuning", "env/reward_mean", (*sweep.seeds, sweep.failed[1]))
+    assert row["reward_n"] == "3" and row["crashed_included"] == "True"
+    assert float(row["reward_mean"]) == pytest.approx(mean) and float(row["reward_ci95"]) == pytest.approx(ci)
+    assert "1 crashed/failed included" in (tmp_path / "summary.md").read_text()
+
+
+def assert_real_image(path: Path) -> np.ndarray:
+    """A figure of sane size that is not one flat colour."""
+    assert path.stat().st_size > 5_000
+    pixels = imread(path)
+    height, width = pixels.shape[:2]
+    assert 300 <= height <= 3000 and 300 <= width <= 6000
+    colours = np.unique(pixels[..., :3].reshape(-1, 3), axis=0)
+    assert len(colours) > 20
+    return pixels
+
+
+def test_figures_exist_with_content(report_dir: Path) -> None:
+    assert_real_image(report_dir / "curves.png")
+    svg = (report_dir / "curves.svg").read_text()
+    assert svg.startswith("<?xml") and "<path" in svg
+    html = (report_dir / "index.html").read_text()
+    assert 'src="curves.svg"' in html and "sentiment_tuning_peft" in html
+
+
+def test_presets_make_the_four_comparisons(sweep: Sweep, tmp_path: Path) -> None:
+    presets = ["baseline", "grad-accum", "model-size", "peft"]
+    assert main(["--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(tmp_path), "--preset", *presets]) == 0
+    for preset in presets:
+        assert_real_image(tmp_path / f"{preset}.png")
+        assert (tmp_path / f"{preset}.svg").is_file()
+    runs = [offline.read_run(logged.file)[0] for logged in sweep.runs.values()]
+    expected = {
+        "baseline": {"lvwerra/gpt2-imdb"},
+        "grad-accum": {"grad accum 1", "grad accum 128"},
+        "model-size": {"lvwerra/gpt2-imdb", "gpt2-xl, grad accum 8"},
+        "peft": {"full fine-tuning", "LoRA (PEFT)"},
+    }
+    for preset, labels in expected.items():
+        chosen, label = preset_selection(preset, runs)
+        assert {label(run) for run in chosen} == labels, preset
+
+
+def test_labels_filters_and_wall_time(sweep: Sweep, tmp_path: Path) -> None:
+    args = ["--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(tmp_path), "--x-axis", "_runtime"]
+    args += ["--filter", "trl_ppo_trainer_config.model_name=lvwerra/gpt2-imdb", "--tags", "report-test"]
+    args += ["--labels", "sentiment_tuning=baseline", "--band", "ci95", "--smooth", "5"]
+    assert main(args) == 0
+    assert set(table(tmp_path)) == {"baseline", "sentiment_tuning_step_grad_accu", "sentiment_tuning_peft"}
+    assert_real_image(tmp_path / "curves.png")
+
+
+def test_no_match_names_the_filters_and_what_is_there(
+    sweep: Sweep, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(tmp_path), "--filter", "exp_name=nope"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "exp_name=nope" in err and "10 runs" in err and "sentiment_tuning_peft (2)" in err
+
+
+def test_missing_metric_names_the_runs(sweep: Sweep, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "objective/kl" in err and "sentiment_tuning_gpt2xl_grad_accu-s2" in err
+    assert str(sweep.runs[sweep.truncated].file) in err  # the damaged file, with its offset
+
+
+def test_python_dash_m_entry(sweep: Sweep, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmark.report", "--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sentiment_tuning" in result.stdout  # the rich table
+
+
+def test_index_html_renders_in_headless_chromium(report_dir: Path, tmp_path: Path) -> None:
+    browser = shutil.which("chromium")
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium missing: scripts/test.sh installs it")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    shot = tmp_path / "shot.png"
+    # --no-sandbox: tests may run as root, where chromium's sandbox refuses to start.
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1280,1600",
+         (report_dir / "index.html").as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    pixels = assert_real_image(shot)
+    # The page is mostly white; the figure and table must have put ink on it.
+    ink = (pixels[..., :3] < 0.9).any(axis=-1).mean()
+    assert ink > 0.02
