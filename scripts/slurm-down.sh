@@ -4,6 +4,7 @@
 # away (jobs and nodes stay); `bash scripts/slurm-up.sh` brings it back.
 # Daemons: munged mariadbd slurmdbd slurmctld slurmd-node1 slurmd-node2.
 set -euo pipefail
+# shellcheck source=scripts/slurm-lib.sh
 source "$(dirname "$0")/slurm-lib.sh"
 
 stop() {

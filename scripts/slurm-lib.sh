@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # the variables are used by the scripts that source this file
 # Shared by slurm-up.sh and slurm-down.sh (sourced, not run): where the lab cluster lives and how to
 # tell whether one of its daemons is running.
 

@@ -5,6 +5,7 @@
 # also restarts a controller stopped with `bash scripts/slurm-down.sh slurmctld`.
 # Env: SLURM_LAB_DIR (default /var/tmp/trl-benchmark-slurm), SLURM_UP_TIMEOUT (seconds, default 120).
 set -euo pipefail
+# shellcheck source=scripts/slurm-lib.sh
 source "$(dirname "$0")/slurm-lib.sh"
 
 [ "$(id -u)" = 0 ] || { echo "slurm-up.sh: must run as root" >&2; exit 1; }
@@ -43,7 +44,8 @@ SlurmctldPort=$CTLD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$LAB/munge/munge.socket
+# cred_expire also delays a requeued job's restart (default 120 s); fault tests requeue.
+AuthInfo=socket=$LAB/munge/munge.socket,cred_expire=10
 CredType=cred/munge
 StateSaveLocation=$LAB/state
 SlurmdSpoolDir=$LAB/spool/%n
