@@ -13,17 +13,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import tyro
 
 from benchmark.backends import Backend, get_backend
 from benchmark.backends.local import detect_gpus, local_settings, log_path
+from benchmark.backends.slurm import THEN, SlurmError, slurm_settings
 from benchmark.manifest import ACTIVE_STATES, COMPLETED, PENDING, JobRecord, Manifest, ManifestError
 from benchmark.plan import PlanError, expand, make_variants, seeds
 from benchmark.procs import claim_run_dir, live_harness
 from benchmark.redact import Redactor, referenced_secrets
 from benchmark.tags import auto_tags, git_commit, pr_number
+from benchmark.templates import DEFAULT_TEMPLATE
 from benchmark.view import console, error_console, status_table
 
 
@@ -69,6 +71,24 @@ class LaunchArgs:
     """the pull request number to tag runs with (`pr-N`)"""
     grace_period: float = 10.0
     """seconds a stopped job gets between SIGTERM and SIGKILL"""
+    backend: Literal["auto", "local", "slurm"] = "auto"
+    """where jobs run; auto: Slurm when --slurm-template-path is given, else the local pool"""
+    slurm_partition: str | None = None
+    """Slurm partition (default: the cluster's default)"""
+    slurm_time: str | None = None
+    """Slurm time limit, e.g. 2:00:00"""
+    slurm_mem: str | None = None
+    """Slurm memory per node, e.g. 64G"""
+    slurm_extra: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """one more #SBATCH option, e.g. --constraint=h100 (repeatable)"""
+    slurm_setup: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    """a shell line run before the command, e.g. 'module load cuda/12.1' (repeatable)"""
+    then: str | None = None
+    """Slurm: a follow-up command (e.g. the report) that runs after every task has ended"""
+    wait: bool = False
+    """Slurm: stay until every task has ended, with a live view; exit non-zero if any failed"""
+    poll_interval: float = 5.0
+    """Slurm: seconds between state checks while waiting"""
 
 
 @dataclass
@@ -103,12 +123,13 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
         raise PlanError(f"--workers must not be negative, got {args.workers}")
     jobs = expand(safe_variants, seed_list, args.seed_flag)
 
-    if args.slurm_template_path is None and args.workers == 0:
+    backend_name = "slurm" if args.backend == "slurm" or args.slurm_template_path else args.backend
+    backend_name = "local" if backend_name == "auto" else backend_name
+    if backend_name == "local" and args.workers == 0:
         for job in jobs:  # TRL's behaviour: print the commands, run nothing
             print(job.command)
         return 0
 
-    backend_name = "local"
     plan: dict[str, Any] = {
         "argv": [redactor.text(a) for a in argv],
         "cwd": os.getcwd(),
@@ -120,13 +141,23 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
         "seeds": seed_list,
         "seed_flag": args.seed_flag,
         "wandb_tags": auto_tags(pr_number(args.pr)) if args.auto_tag else [],
-        "local": local_settings(
+    }
+    if backend_name == "local":
+        plan["local"] = local_settings(
             args.workers, detect_gpus(args.gpus), args.gpus_per_job, args.jobs_per_gpu,
             args.max_retries, args.grace_period,
-        ),
-    }
+        )
+    else:
+        plan["slurm"] = slurm_settings(
+            args.slurm_template_path or str(DEFAULT_TEMPLATE), args.workers, args.slurm_gpus_per_task,
+            args.slurm_total_cpus, args.slurm_ntasks, args.slurm_nodes, args.slurm_partition, args.slurm_time,
+            args.slurm_mem, list(args.slurm_extra), list(args.slurm_setup), args.then, args.wait,
+            args.poll_interval,
+        )
     run_dir = args.run_dir or _default_run_dir(safe_variants[0].name)
     records = [JobRecord.from_job(job, log_path(job.variant, job.seed, 1)) for job in jobs]
+    if args.then and backend_name == "slurm":
+        records.append(JobRecord(id=THEN, variant=THEN, seed=0, command=args.then, log=""))
     backend = get_backend(backend_name)
     if args.dry_run:
         console.print(backend.describe(run_dir, plan, records), markup=False)
@@ -174,19 +205,23 @@ def resume(args: ResumeArgs) -> int:
         ended_badly = record.state not in ACTIVE_STATES and record.state != COMPLETED
         if ended_badly:
             record.archive_try()
-            record.log = log_path(record.variant, record.seed, len(record.tries) + 1)
         if ended_badly or record.state != states[record.id]:
             manifest.save(record)
-    still_running = [r.id for r in manifest.jobs.values() if r.state in ACTIVE_STATES and r.state != PENDING]
+    todo = [r for r in manifest.jobs.values() if _not_started(r)]
+    still_running = [r.id for r in manifest.jobs.values() if r.state in ACTIVE_STATES and not _not_started(r)]
     if still_running:
-        console.print(f"left alone, still running: {', '.join(still_running)}")
-    todo = [r for r in manifest.jobs.values() if r.state == PENDING]
+        console.print(f"left alone, still pending or running: {', '.join(still_running)}")
     if not todo:
         console.print(f"nothing to resume: {len(manifest.jobs) - len(still_running)} jobs completed")
         return 0
     _warn_missing_secrets(manifest)
     console.print(f"resuming {len(todo)} of {len(manifest.jobs)} jobs")
     return _run(backend, manifest, [r.id for r in todo])
+
+
+def _not_started(record: JobRecord) -> bool:
+    """Neither run locally nor queued on Slurm (Slurm's PENDING means queued there)."""
+    return record.state == PENDING and record.slurm_id is None
 
 
 def _warn_missing_secrets(manifest: Manifest) -> None:
@@ -219,6 +254,6 @@ def main(argv: list[str] | None = None) -> int:
             cls, handler = _SUBCOMMANDS[argv[0]]
             return handler(tyro.cli(cls, args=argv[1:], prog=f"benchmark {argv[0]}"))
         return launch(tyro.cli(LaunchArgs, args=argv, prog="benchmark"), argv)
-    except (PlanError, ManifestError) as error:
+    except (PlanError, ManifestError, SlurmError) as error:
         error_console.print(f"error: {error}", markup=False)
         return 2

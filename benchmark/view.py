@@ -91,7 +91,7 @@ class SweepView:
 
 def status_table(records: Iterable[JobRecord], run_dir: Path, title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("variant", "seed", "state", "exit", "duration", "tries", "log", "W&B run"):
+    for column in ("variant", "seed", "state", "exit", "duration", "tries", "job id", "node", "log", "W&B run"):
         table.add_column(column)
     for r in records:
         wandb = " ".join(x for x in (r.wandb_name, f"({r.wandb_id})" if r.wandb_id else None) if x)
@@ -102,7 +102,9 @@ def status_table(records: Iterable[JobRecord], run_dir: Path, title: str) -> Tab
             "" if r.exit_code is None else str(r.exit_code),
             _duration(r.duration),
             str(len(r.tries) + 1),
-            str(run_dir / r.log),
+            r.slurm_id or (f"pid {r.pid}" if r.pid else ""),
+            r.node or "",
+            str(run_dir / r.log) if r.log else "",
             wandb,
         )
     return table
@@ -117,3 +119,14 @@ def log_tail(path: Path, redactor: Redactor, lines: int = _LOG_TAIL_LINES) -> st
     except OSError as error:
         return f"(no log: {error})"
     return redactor.text("\n".join(text.splitlines()[-lines:]))
+
+
+def final_summary(records: list[JobRecord], run_dir: Path, redactor: Redactor, seconds: float) -> int:
+    """The sweep's last words: how many completed, and the log tail of each that did not. Exit code."""
+    failed = [r for r in records if r.state != COMPLETED]
+    console.print(f"{len(records) - len(failed)}/{len(records)} jobs completed in {seconds:.1f}s")
+    for record in failed:
+        console.print(f"\n{record.id} {record.state} (exit {record.exit_code}), log {run_dir / record.log}:",
+                      markup=False, style="red")
+        console.print(log_tail(run_dir / record.log, redactor), markup=False)
+    return 1 if failed else 0

@@ -38,4 +38,8 @@ def get_backend(name: str) -> Backend:
         from benchmark.backends.local import LocalBackend
 
         return LocalBackend()
+    if name == "slurm":
+        from benchmark.backends.slurm import SlurmBackend
+
+        return SlurmBackend()
     raise ValueError(f"unknown backend {name!r}")

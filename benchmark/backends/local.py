@@ -33,7 +33,7 @@ from benchmark.plan import PlanError
 from benchmark.procs import is_alive, live_harness, process_start
 from benchmark.redact import Redactor
 from benchmark.tags import merge_wandb_tags
-from benchmark.view import SweepView, console, log_tail
+from benchmark.view import SweepView, console, final_summary
 
 # `eval "$1"` runs the command exactly as `sh -c` would; the EXIT trap writes its exit code even
 # when the command itself calls `exit`.
@@ -335,17 +335,7 @@ class _Pool:
         self.running.clear()
 
     def _summary(self) -> int:
-        records = self.view.records
-        failed = [r for r in records if r.state != COMPLETED]
-        console.print(
-            f"{len(records) - len(failed)}/{len(records)} jobs completed in {time.time() - self.view.started:.1f}s"
-        )
-        for record in failed:
-            console.print(
-                f"\n[red]{record.id} {record.state}[/] (exit {record.exit_code}), log {self.run_dir / record.log}:"
-            )
-            console.print(log_tail(self.run_dir / record.log, self.redactor), markup=False)
-        return 1 if failed else 0
+        return final_summary(self.view.records, self.run_dir, self.redactor, time.time() - self.view.started)
 
 
 def _ended_children() -> list[tuple[int, int]]:

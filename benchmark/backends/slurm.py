@@ -1,0 +1,281 @@
+"""Slurm backend: one `sbatch` job array per variant, one array task per seed.
+
+Each variant's script is rendered from a jinja2 template (benchmark/templates.py) and kept in the run
+dir. Arrays are submitted held, recorded, then released: no task can start before the manifest knows
+its job id. States come from `sacct` (parsed by submitit's own reader), else from `squeue` and the
+exit-code files that every task writes.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from submitit.slurm.slurm import SlurmInfoWatcher
+
+from benchmark.backends import Backend
+from benchmark.manifest import ACTIVE_STATES, CANCELLED, COMPLETED, FAILED, NOT_SUBMITTED, PENDING, JobRecord, Manifest
+from benchmark.plan import PlanError
+from benchmark.redact import Redactor, referenced_secrets
+from benchmark.tags import merge_wandb_tags
+from benchmark.templates import TemplateError, exit_file, render
+from benchmark.view import SweepView, console, error_console, final_summary
+
+THEN = "then"  # the variant name of the follow-up job (`--then`)
+_TIMEOUT_S = 60
+_SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End"
+
+
+class SlurmError(RuntimeError):
+    """A Slurm command that failed; the message carries Slurm's own words."""
+
+
+def slurm_settings(
+    template: str, workers: int, gpus_per_task: int | None, total_cpus: int | None, ntasks: int | None,
+    nodes: int | None, partition: str | None, time_limit: str | None, mem: str | None, extra: list[str],
+    setup: list[str], then: str | None, wait: bool, poll_interval: float,
+) -> dict[str, Any]:
+    if not Path(template).is_file():
+        raise PlanError(f"--slurm-template-path {template}: no such file")
+    if workers < 0:
+        raise PlanError(f"--workers must not be negative, got {workers}")
+    return {
+        "template": str(Path(template).resolve()),
+        "workers": workers,
+        "gpus_per_task": gpus_per_task or 0,
+        "total_cpus": total_cpus or 1,
+        "ntasks": ntasks or 1,
+        "nodes": nodes,
+        "partition": partition,
+        "time": time_limit,
+        "mem": mem,
+        "extra": extra,
+        "setup": setup,
+        "then": then,
+        "wait": wait,
+        "poll_interval": poll_interval,
+    }
+
+
+def _run(argv: list[str], cwd: str | None = None) -> str:
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT_S, cwd=cwd)
+    except FileNotFoundError:
+        raise SlurmError(f"{argv[0]} not found: is Slurm installed and on PATH?") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmError(f"{argv[0]} did not answer within {_TIMEOUT_S} s") from None
+    if result.returncode != 0:
+        raise SlurmError(f"{argv[0]} failed ({result.returncode}): {(result.stderr or result.stdout).strip()}")
+    return result.stdout
+
+
+def _script(manifest_dir: Path, plan: dict[str, Any], variant: str, seeds: list[int]) -> str:
+    settings = plan["slurm"]
+    command = next(v["command"] for v in plan["variants"] if v["name"] == variant)
+    env = {"BENCHMARK_RUN_DIR": str(manifest_dir.resolve()), "BENCHMARK_VARIANT": variant, "WANDB_RUN_GROUP": variant}
+    if plan.get("wandb_tags"):
+        env["WANDB_TAGS"] = merge_wandb_tags("", plan["wandb_tags"])
+    try:
+        return render(
+            settings["template"], command=command, seeds=seeds, run_dir=manifest_dir.resolve(),
+            workers=settings["workers"], gpus_per_task=settings["gpus_per_task"],
+            total_cpus=settings["total_cpus"], ntasks=settings["ntasks"], nodes=settings["nodes"],
+            job_name=variant, partition=settings["partition"], time=settings["time"], mem=settings["mem"],
+            extra_sbatch=settings["extra"], setup=settings["setup"], env=env,
+            secret_env=referenced_secrets(command), seed_flag=plan["seed_flag"],
+        )
+    except (TemplateError, ValueError) as error:
+        raise PlanError(str(error)) from None
+
+
+def _by_variant(records: list[JobRecord]) -> dict[str, list[JobRecord]]:
+    groups: dict[str, list[JobRecord]] = {}
+    for record in records:
+        groups.setdefault(record.variant, []).append(record)
+    return groups
+
+
+def _when(stamp: str) -> float | None:
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:  # "Unknown", "None" while a task has not started or ended
+        return None
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+
+    def describe(self, run_dir: Path, plan: dict[str, Any], records: list[JobRecord]) -> str:
+        parts = []
+        for variant, group in _by_variant(records).items():
+            seeds = [r.seed for r in group]
+            parts.append(f"# {variant}: job array over seeds {seeds}, script {run_dir / 'scripts' / variant}.sh")
+            parts.append(_script(run_dir, plan, variant, seeds))
+        if plan["slurm"]["then"]:
+            parts.append(f"# then, after every task: {plan['slurm']['then']}")
+        return "\n".join(parts)
+
+    def launch(self, manifest: Manifest, ids: list[str]) -> int:
+        settings = manifest.plan["slurm"]
+        records = [manifest.jobs[i] for i in ids if manifest.jobs[i].variant != THEN]
+        # Render everything first: a template error must stop the launch before any submission.
+        scripts = {v: _script(manifest.run_dir, manifest.plan, v, [r.seed for r in g])
+                   for v, g in _by_variant(records).items()}
+        (manifest.run_dir / "scripts").mkdir(exist_ok=True)
+        (manifest.run_dir / "logs").mkdir(exist_ok=True)
+        submitted, refused = [], []
+        for variant, group in _by_variant(records).items():
+            path = manifest.run_dir / "scripts" / f"{variant}-{int(time.time() * 1000)}.sh"
+            path.write_text(scripts[variant])
+            try:
+                job_id = _run(["sbatch", "--parsable", "--hold", str(path)], cwd=manifest.plan["cwd"])
+            except SlurmError as error:
+                for record in group:
+                    record.state, record.message = NOT_SUBMITTED, str(error)
+                manifest.save(*group)
+                refused.append(f"{variant}: {error}")
+                continue
+            job_id = parse_job_id(job_id)
+            for index, record in enumerate(group):
+                record.slurm_id, record.state = f"{job_id}_{index}", PENDING
+                record.log = f"logs/{variant}_{job_id}_{index}.out"
+            manifest.save(*group)
+            submitted.append(job_id)
+            console.print(f"{variant}: submitted job array {job_id} ({len(group)} tasks), script {path}")
+        then = manifest.jobs.get(THEN)
+        if submitted and then and then.id in ids:
+            self._submit_then(manifest, then, submitted)
+        if submitted:
+            _run(["scontrol", "release", ",".join(submitted)])
+        for line in refused:
+            error_console.print(f"error: not submitted: {line}", markup=False)
+        code = 1 if refused else 0
+        if settings["wait"] and submitted:
+            waited = [r.id for r in records if r.slurm_id] + ([THEN] if then and then.slurm_id else [])
+            code = max(code, self.wait(manifest, waited))
+        return code
+
+    def _submit_then(self, manifest: Manifest, then: JobRecord, after: list[str]) -> None:
+        out = manifest.run_dir / "logs" / "then_%j.out"
+        job_id = _run(
+            ["sbatch", "--parsable", "--hold", f"--dependency=afterany:{':'.join(after)}", "--job-name=then",
+             f"--output={out}", "--wrap", then.command],
+            cwd=manifest.plan["cwd"],
+        )
+        job_id = parse_job_id(job_id)
+        then.slurm_id, then.state, then.log = job_id, PENDING, f"logs/then_{job_id}.out"
+        manifest.save(then)
+        after.append(job_id)
+        console.print(f"then: submitted job {job_id}, after {len(after) - 1} array(s)")
+
+    def wait(self, manifest: Manifest, ids: list[str]) -> int:
+        records = [manifest.jobs[i] for i in ids]
+        view = SweepView(records, Redactor())
+        try:
+            with view:
+                while any(r.state in ACTIVE_STATES for r in records):
+                    time.sleep(manifest.plan["slurm"]["poll_interval"])
+                    self._refresh_and_save(manifest, view.event)
+        except KeyboardInterrupt:
+            console.print(f"stopped waiting; the jobs go on. Stop them with: benchmark cancel {manifest.run_dir}")
+            return 130
+        return final_summary(records, manifest.run_dir, view.redactor, time.time() - view.started)
+
+    def _refresh_and_save(self, manifest: Manifest, event: Callable[..., None]) -> None:
+        before = {r.id: r.state for r in manifest.jobs.values()}
+        note = self.refresh(manifest)
+        if note:
+            console.print(note)
+        changed = [r for r in manifest.jobs.values() if r.state != before[r.id]]
+        for record in changed:
+            event(record, record.state.lower() + (f" (exit {record.exit_code})" if record.exit_code is not None
+                                                  else ""), notable=record.state not in ACTIVE_STATES | {COMPLETED})
+        if changed:
+            manifest.save(*changed, sync=False)
+
+    def refresh(self, manifest: Manifest) -> str | None:
+        active = [r for r in manifest.jobs.values() if r.slurm_id and r.state in ACTIVE_STATES]
+        if not active:
+            return None
+        notes = []
+        try:
+            _run(["scontrol", "ping"])
+        except SlurmError as error:
+            notes.append(f"the Slurm controller is unreachable ({error}); states may be stale")
+        try:
+            _apply_sacct(manifest, active)
+        except SlurmError as error:
+            notes.append(f"sacct gave no states ({error}): reading squeue and the tasks' exit files instead")
+            _apply_exit_files(manifest, active, _squeue_states(active))
+        return "\n".join(notes) or None
+
+    def cancel(self, manifest: Manifest) -> int:
+        active = [r for r in manifest.jobs.values() if r.slurm_id and r.state in ACTIVE_STATES]
+        arrays = sorted({r.slurm_id.split("_")[0] for r in active if r.slurm_id})
+        if not arrays:
+            console.print("nothing to cancel: no task of this run is pending or running")
+            return 0
+        _run(["scancel", *arrays])
+        for record in active:
+            record.state, record.end = CANCELLED, record.end or time.time()
+        manifest.save(*active)
+        console.print(f"cancelled {len(active)} task(s) in job(s) {', '.join(arrays)}")
+        return 0
+
+
+def _apply_sacct(manifest: Manifest, records: list[JobRecord]) -> None:
+    arrays = sorted({r.slurm_id.split("_")[0] for r in records if r.slurm_id})
+    out = _run(["sacct", "-X", "--parsable2", "-o", _SACCT_FIELDS, "-j", ",".join(arrays)])
+    info = SlurmInfoWatcher().read_info(out)
+    for record in records:
+        stats = info.get(record.slurm_id or "")
+        if not stats:
+            continue  # not in accounting yet: keep what we knew
+        record.state = stats["State"].split()[0].rstrip("+")  # "CANCELLED by 0" -> CANCELLED
+        record.node = stats["NodeList"] if stats["NodeList"] not in ("", "None assigned") else record.node
+        record.start = _when(stats["Start"]) or record.start
+        record.end = _when(stats["End"]) if record.state not in ACTIVE_STATES else None
+        if record.state not in ACTIVE_STATES:
+            # "code:signal"; a task killed by a signal reads as the shell would report it, 128 + signal.
+            code, signum = (int(x or 0) for x in stats["ExitCode"].partition(":")[::2])
+            record.exit_code = 128 + signum if signum and not code else code
+
+
+def _squeue_states(records: list[JobRecord]) -> dict[str, tuple[str, str]]:
+    arrays = sorted({r.slurm_id.split("_")[0] for r in records if r.slurm_id})
+    out = _run(["squeue", "-h", "-r", "-o", "%i|%T|%N", "-j", ",".join(arrays)])
+    states = {}
+    for line in out.splitlines():
+        job_id, state, node = line.split("|")
+        states[job_id] = (state, node)
+    return states
+
+
+def _apply_exit_files(manifest: Manifest, records: list[JobRecord], queued: dict[str, tuple[str, str]]) -> None:
+    for record in records:
+        if record.slurm_id in queued:
+            record.state, node = queued[record.slurm_id]
+            record.node = node or record.node
+            continue
+        job_id, _, index = (record.slurm_id or "").partition("_")
+        if not index:
+            continue  # the follow-up job is no array task and writes no exit file
+        path = exit_file(manifest.run_dir, job_id, int(index))
+        try:
+            record.exit_code = int(path.read_text())
+        except (OSError, ValueError):
+            continue  # neither queued nor ended as far as we can see: keep what we knew
+        record.state = COMPLETED if record.exit_code == 0 else FAILED
+        record.end = path.stat().st_mtime
+
+
+def parse_job_id(out: str) -> str:
+    match = re.match(r"\d+", out.strip())
+    if not match:
+        raise SlurmError(f"sbatch answered {out.strip()!r}, not a job id")
+    return match[0]
