@@ -1,0 +1,135 @@
+"""How fast the report reads and draws a sweep, beside wandb's own reader, measured in one run.
+
+    python bench/report_speed.py [--runs 40] [--steps 10000] [--runs-dir DIR] [--repeats 3]
+
+Writes --runs offline runs (4 variants, TRL metric names, 10 metrics a step) with the real wandb,
+two writer processes at a time; with --runs-dir they are kept and reused by the next call. Then,
+as the median of --repeats:
+  - read: every run's `.wandb` file decoded into histories (`benchmark.report.sources`), and
+  - report: read + align seeds + mean/std + PNG and SVG + summary md/csv/html (`benchmark.report.main`),
+and once, beside them, `wandb leet inspect --json` over the same files (two at a time, as many
+processes as ours use) with its JSON lines parsed: what reading these files costs without our reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmark.report import main as report_main  # noqa: E402
+from benchmark.report import offline, sources  # noqa: E402
+
+VARIANTS = ("sentiment_tuning", "sentiment_tuning_step_grad_accu", "sentiment_tuning_gpt2xl", "sentiment_tuning_peft")
+METRICS = (
+    "env/reward_mean", "env/reward_std", "objective/kl", "objective/kl_coef", "objective/entropy",
+    "ppo/loss/total", "ppo/loss/policy", "ppo/loss/value", "ppo/policy/clipfrac", "ppo/learning_rate",
+)  # fmt: skip
+WANDB_CLI = str(Path(sys.executable).parent / "wandb")
+
+
+def write_runs(jobs: list[tuple[str, int]], steps: int, wandb_dir: str) -> None:
+    """One writer process: its runs one after the other, through the real wandb."""
+    os.environ.update(WANDB_MODE="offline", WANDB_DIR=wandb_dir, WANDB_SILENT="true")
+    import wandb
+
+    for variant, seed in jobs:
+        config = {"trl_ppo_trainer_config": {"exp_name": variant, "seed": seed, "batch_size": 128}}
+        run = wandb.init(project="report-speed", name=f"{variant}-s{seed}", config=config)
+        for step in range(steps):
+            run.log({m: math.sin(step / 500 + i + seed) + step / steps for i, m in enumerate(METRICS)})
+        run.finish()
+    wandb.teardown()
+
+
+def ensure_runs(runs_dir: Path, runs: int, steps: int) -> list[Path]:
+    files = offline.find_run_files(runs_dir)
+    if len(files) >= runs:
+        return files[:runs]
+    jobs = [(VARIANTS[i % len(VARIANTS)], i // len(VARIANTS)) for i in range(len(files), runs)]
+    print(f"writing {len(jobs)} runs x {steps} steps x {len(METRICS)} metrics with wandb ...", flush=True)
+    start = time.perf_counter()
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(write_runs, [jobs[0::2], jobs[1::2]], [steps] * 2, [str(runs_dir)] * 2))
+    print(f"  written in {time.perf_counter() - start:.0f} s", flush=True)
+    return offline.find_run_files(runs_dir)[:runs]
+
+
+def timed(action, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def leet_read(files: list[Path]) -> int:
+    """Dump every file with wandb's reader and parse its lines; returns the history rows seen."""
+
+    def dump(path: Path) -> int:
+        out = subprocess.run([WANDB_CLI, "leet", "inspect", "--json", str(path)], capture_output=True, check=True)
+        return sum(json.loads(line).get("type") == "history" for line in out.stdout.splitlines() if line)
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        return sum(pool.map(dump, files))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--runs-dir", type=Path, help="keep the written runs here and reuse them")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs_dir = args.runs_dir or Path(tmp) / "runs"
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        files = ensure_runs(runs_dir, args.runs, args.steps)
+        # Only the chosen files, whatever else the kept folder holds.
+        subset = Path(tmp) / "subset"
+        for path in files:
+            (subset / path.parent.name).mkdir(parents=True)
+            (subset / path.parent.name / path.name).symlink_to(path)
+        size = sum(p.stat().st_size for p in files) / 2**20
+        print(f"{len(files)} runs, {size:.0f} MiB of .wandb files, {os.cpu_count()} cores", flush=True)
+
+        def read() -> None:
+            found = sources.Found()
+            sources.from_wandb_dirs([subset], found)
+            assert len(found.runs) == len(files) and all(len(r.history) == args.steps for r in found.runs)
+
+        def report() -> None:
+            argv = ["--wandb-dir", str(subset), "--output-dir", str(Path(tmp) / "out"), "--name", "speed"]
+            with open(os.devnull, "w") as devnull:
+                stdout, sys.stdout = sys.stdout, devnull
+                try:
+                    assert report_main(argv) == 0
+                finally:
+                    sys.stdout = stdout
+
+        read_s = timed(read, args.repeats)
+        print(f"read (ours):                      {read_s:6.2f} s", flush=True)
+        report_s = timed(report, args.repeats)
+        print(f"read + aggregate + plot + tables: {report_s:6.2f} s", flush=True)
+        start = time.perf_counter()
+        rows = leet_read(files)
+        leet_s = time.perf_counter() - start
+        assert rows == len(files) * args.steps
+        print(f"wandb leet inspect --json + parse: {leet_s:6.2f} s  ({leet_s / read_s:.0f}x our read)")
+
+
+if __name__ == "__main__":
+    main()
