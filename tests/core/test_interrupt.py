@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import clean_env, cli_argv, records, run_cli
+from cli import clean_env, cli_argv, records, run_cli
 
 # Starts a grandchild, notes both pids, then waits: stopping the job must stop both.
 PARENT_AND_CHILD = (

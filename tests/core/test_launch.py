@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import clean_env, records, run_cli
+from cli import clean_env, records, run_cli
 
 # A job that records, from its own point of view, when it ran, with which seed and which GPUs.
 JOB = textwrap.dedent(

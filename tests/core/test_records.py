@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, clean_env, records, run_cli
+from cli import REPO, clean_env, records, run_cli
 
 SECRET = "s3cr3t-value-9f8e7d"
 INLINE = "inline-token-1a2b3c"

@@ -1,0 +1,37 @@
+"""Run the real CLI in a subprocess, as a user would, and read what it recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRY = REPO / "benchmark" / "benchmark.py"
+
+
+def cli_argv(*args: str) -> list[str]:
+    return [sys.executable, str(ENTRY), *args]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "WANDB_TAGS", "COLUMNS")}
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120):
+    return subprocess.run(
+        cli_argv(*args), cwd=cwd, env=env or clean_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def records(run_dir: Path) -> dict[str, dict]:
+    """The last snapshot of each job in a manifest, read as plain JSON (not through our loader)."""
+    jobs: dict[str, dict] = {}
+    for line in (run_dir / "manifest.jsonl").read_text().splitlines()[1:]:
+        job = json.loads(line)["job"]
+        jobs[job["id"]] = job
+    return jobs
