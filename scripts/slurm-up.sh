@@ -4,7 +4,7 @@
 # Runs as root, without systemd. Idempotent: it starts only the daemons that are not running, so it
 # also restarts a controller stopped with `bash scripts/slurm-down.sh slurmctld`.
 # Env: SLURM_LAB_DIR (default /var/tmp/trl-benchmark-slurm), SLURM_UP_TIMEOUT (seconds, default 120).
-set -euo pipefail
+set -Eeuo pipefail
 # shellcheck source=scripts/slurm-lib.sh
 source "$(dirname "$0")/slurm-lib.sh"
 
@@ -117,14 +117,20 @@ EOF
   fi
 }
 
+# The end of a daemon's log, for error messages.
+show_log() {
+  echo "--- last lines of $LOG/$1.log:" >&2
+  tail -n 25 "$LOG/$1.log" >&2 || true
+}
+
 # Wait until a command succeeds; past the deadline, fail showing the tail of the daemon's log.
 wait_for() {
   local what=$1 log=$2
   shift 2
   until "$@" >/dev/null 2>&1; do
     if [ "$SECONDS" -ge "$DEADLINE" ]; then
-      echo "slurm-up.sh: timed out waiting for $what. Last lines of $LOG/$log.log:" >&2
-      tail -n 25 "$LOG/$log.log" >&2 || true
+      echo "slurm-up.sh: timed out waiting for $what" >&2
+      show_log "$log"
       exit 1
     fi
     sleep 0.2
@@ -197,9 +203,9 @@ wait_nodes_idle() {
     done < <(sinfo -h -N -p "$PARTITION" -o '%N %t')
     [ ${#pending[@]} -eq 0 ] && return
     if [ "$SECONDS" -ge "$DEADLINE" ]; then
-      echo "slurm-up.sh: nodes not ready: ${pending[*]}. Last lines of their logs:" >&2
-      for node in "${NODES[@]}"; do tail -n 15 "$LOG/slurmd-$node.log" >&2 || true; done
-      tail -n 15 "$LOG/slurmctld.log" >&2 || true
+      echo "slurm-up.sh: nodes not ready: ${pending[*]}" >&2
+      for node in "${NODES[@]}"; do show_log "slurmd-$node"; done
+      show_log slurmctld
       exit 1
     fi
     sleep 0.2
@@ -210,6 +216,8 @@ install_packages
 # The timeout covers the daemons only: the first install alone can take minutes.
 DEADLINE=$((SECONDS + ${SLURM_UP_TIMEOUT:-120}))
 write_config
+# A daemon that refuses to start explains itself in its log (daemon X logs to $LOG/X.log).
+trap 'echo "slurm-up.sh: starting $daemon failed" >&2; show_log "$daemon"' ERR
 for daemon in "${DAEMONS[@]}"; do
   running_pid "$daemon" >/dev/null && continue
   rm -f "$(pidfile "$daemon")"
@@ -218,6 +226,7 @@ for daemon in "${DAEMONS[@]}"; do
     *) "start_$daemon" ;;
   esac
 done
+trap - ERR
 wait_nodes_idle
 wait_for sacct slurmdbd sacct -n -X -S now
 echo "Slurm lab cluster up: partition $PARTITION, nodes ${NODES[*]} (8 CPUs, 2 fake GPUs each), in $LAB"
