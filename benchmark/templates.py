@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import jinja2
-from jinja2 import meta, nodes
+import jinja2.nodes
+from jinja2 import meta
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "trl.slurm_template"
 EXIT_DIR = "exit"
@@ -133,11 +134,11 @@ def _render_file(path: Path, values: dict[str, object]) -> str:
         raise TemplateError(f"{path}:{_template_line(error, template.filename)}: {error}") from None
 
 
-def _free_names(tree: nodes.Template) -> list[tuple[str, int]]:
+def _free_names(tree: jinja2.nodes.Template) -> list[tuple[str, int]]:
     """The template's free variables, each with its first line, in order of appearance."""
     free = meta.find_undeclared_variables(tree)
     first: dict[str, int] = {}
-    for node in tree.find_all(nodes.Name):
+    for node in tree.find_all(jinja2.nodes.Name):
         if node.name in free:
             first.setdefault(node.name, node.lineno)
     return sorted(first.items(), key=lambda item: item[1])
