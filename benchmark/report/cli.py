@@ -15,7 +15,8 @@ import tyro
 from rich.console import Console
 from rich.markup import escape
 
-from benchmark.report import cloud, figures, sources, summary
+from benchmark.manifest import ManifestError
+from benchmark.report import cloud, figures, rundir, sources, summary
 from benchmark.report.aggregate import Band, Curve, curve, series
 from benchmark.report.presets import Preset, preset_selection
 from benchmark.report.runs import BROKEN_STATES, Run
@@ -91,13 +92,14 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
         err.print("[red]error:[/] name a source: --wandb-dir, --entity/--project or --run-dir")
         return 2
 
-    found = sources.Found()
-    sources.from_wandb_dirs(args.wandb_dir, found)
-    if args.project:
-        if not args.entity:
-            err.print("[red]error:[/] --project needs --entity")
-            return 2
-        found.add(cloud.fetch_runs(args.entity, args.project, filters, args.cache_dir, args.refresh))
+    if args.project and not args.entity:
+        err.print("[red]error:[/] --project needs --entity")
+        return 2
+    try:
+        found = _gather(args, filters)
+    except ManifestError as error:
+        err.print(f"[red]error:[/] {escape(str(error))}")
+        return 2
     runs = [run for run in found.runs if filters.keep(run)]
     if not runs:
         err.print(
@@ -129,9 +131,13 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
         written += figures.plot(curves, args.x_axis, f"{name}: {title}", out / title, args.band)
 
     expected = {labels.get(v, v): seeds for v, seeds in (found.expected_seeds or {}).items()}
+    variants = group_runs(runs, key_of(args.group_by), labels)
+    if args.group_by is None:  # the sweep's variants: one none of whose jobs started is still a row
+        for variant in expected:
+            variants.setdefault(variant, [])
     rows = [
         summary.summarize(variant, group, used(group), args.last_n, expected.get(variant), args.include_crashed)
-        for variant, group in group_runs(runs, key_of(args.group_by), labels).items()
+        for variant, group in variants.items()
     ]
     summary.write_markdown(rows, out / "summary.md", args.last_n)
     summary.write_csv(rows, out / "summary.csv")
@@ -141,6 +147,21 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
     _print_warnings(warnings, err)
     console.print(f"wrote {out}/: {', '.join(p.name for p in written)}, summary.md, summary.csv, index.html")
     return 0
+
+
+def _gather(args: ReportArgs, filters: Filters) -> sources.Found:
+    found = sources.Found()
+    if args.run_dir and not (args.wandb_dir or args.project):
+        # Only the sweep's own runs are decoded from the folders its jobs wrote to.
+        ids = rundir.wandb_ids(args.run_dir)
+        sources.from_wandb_dirs(rundir.offline_dirs(args.run_dir), found, only_ids=ids)
+    else:
+        sources.from_wandb_dirs(args.wandb_dir, found)
+    if args.project and args.entity:
+        found.add(cloud.fetch_runs(args.entity, args.project, filters, args.cache_dir, args.refresh))
+    if args.run_dir:
+        found.runs, found.expected_seeds = rundir.match_jobs(args.run_dir, found.runs)
+    return found
 
 
 def _curves(groups: dict[str, list[Run]], args: ReportArgs, warnings: list[str]) -> dict[str, dict[str, Curve]]:

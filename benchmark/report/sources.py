@@ -29,11 +29,14 @@ class Found:
         self.runs += [run for run in runs if run.id not in seen]
 
 
-def from_wandb_dirs(directories: list[Path], found: Found) -> None:
+def from_wandb_dirs(directories: list[Path], found: Found, only_ids: set[str] | None = None) -> None:
+    """Read the offline runs in `directories`; with `only_ids`, only runs with those W&B ids."""
     files: list[Path] = []
     for directory in directories:
         here = offline.find_run_files(directory)
-        if not here:
+        if only_ids is not None:
+            here = [path for path in here if path.stem.removeprefix("run-") in only_ids]
+        if not here and only_ids is None:
             found.warnings.append(f"{directory}: no offline-run-*/run-* folders with a .wandb file")
         files += here
     # Decoding is CPU-bound Python, so runs are read by one process per core; below a few runs,
