@@ -59,6 +59,7 @@ class Lab:
     """Submit batch scripts to the lab cluster and read sacct (fixture `lab`)."""
 
     scripts = REPO / "scripts"
+    path = Path(os.environ.get("SLURM_LAB_DIR", "/var/tmp/trl-benchmark-slurm"))
 
     def sbatch(self, script: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

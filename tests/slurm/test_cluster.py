@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,13 @@ def test_controller_restart_keeps_running_jobs(lab, run_dir):
     finally:
         subprocess.run(["bash", lab.scripts / "slurm-up.sh"], check=True, capture_output=True, timeout=180)
     assert [t.state for t in lab.wait(job, 2).values()] == ["COMPLETED", "COMPLETED"]
+
+
+def test_slurm_up_on_a_running_cluster_changes_nothing(lab):
+    def daemons() -> list[str]:
+        return sorted(path.read_text() for path in (lab.path / "run").glob("*.pid"))
+
+    before, start = daemons(), time.monotonic()
+    subprocess.run(["bash", lab.scripts / "slurm-up.sh"], check=True, capture_output=True, timeout=60)
+    assert time.monotonic() - start < 5
+    assert daemons() == before
