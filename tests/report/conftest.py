@@ -8,11 +8,15 @@ the KL. Every logged number is kept, so tests compare against what was logged, n
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
+import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +136,118 @@ def sweep(offline_env: Path) -> Sweep:
     with open(runs[TRUNCATED].file, "r+b") as f:
         f.truncate(TRUNCATE_AT)
     return Sweep(offline_env, runs)
+
+
+class CloudStandIn(ThreadingHTTPServer):
+    """The W&B server at the HTTP boundary, for `wandb.Api` (through wandb-core) to talk to.
+
+    It answers the GraphQL operations wandb 0.31 sends to list runs and scan their history, in the
+    server's own response shapes (config entries wrapped as `{"value": ...}`, config and summary as
+    JSON text, history pages as one JSON text per row, no parquet export so that the row pages are
+    used), and serves each run's `wandb-metadata.json`. Its runs are the sweep's, as logged.
+    """
+
+    def __init__(self, sweep: Sweep) -> None:
+        super().__init__(("127.0.0.1", 0), _CloudHandler)
+        self.runs = {f"cloud{i}": logged for i, logged in enumerate(sweep.runs.values()) if logged.variant in VARIANTS}
+        self.operations: list[tuple[str, dict[str, Any]]] = []  # what wandb asked, in order
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def rows(self, name: str) -> list[dict[str, float]]:
+        """A run's history as the server holds it: logged rows plus wandb's `_step` and `_runtime`."""
+        return [{"_step": i, "_runtime": 0.5 * i, **row} for i, row in enumerate(self.runs[name].rows)]
+
+    def node(self, name: str) -> dict[str, Any]:
+        logged = self.runs[name]
+        return {
+            "id": f"UnVuOnYxOn{name}", "name": name, "displayName": logged.name, "tags": ["report-test"],
+            "sweepName": None, "state": "failed" if (logged.variant, logged.seed) == FAILED else "finished",
+            "group": "sweep", "jobType": None, "commit": None,
+            "readOnly": False, "createdAt": "2026-11-28T06:00:00", "heartbeatAt": "2026-11-28T07:00:00",
+            "description": None, "notes": None, "historyLineCount": len(logged.rows),
+            "config": json.dumps({k: {"value": v, "desc": None} for k, v in logged.config.items()}),
+            "summaryMetrics": json.dumps({"_runtime": 0.5 * (len(logged.rows) - 1), **logged.rows[-1]}),
+            "systemMetrics": "{}", "historyKeys": {"lastStep": len(logged.rows) - 1},
+            "user": {"name": "tester", "username": "tester"},
+        }  # fmt: skip
+
+    def answer(self, operation: str, variables: dict[str, Any]) -> dict[str, Any]:
+        if operation in ("Viewer", "GetDefaultEntity"):
+            return {"viewer": {"id": "VXNlcjox", "entity": "lab", "username": "tester", "email": "t@example.com",
+                               "flags": "{}", "teams": {"edges": []}}}  # fmt: skip
+        if operation == "Runs":
+            edges = [{"node": self.node(name), "cursor": name} for name in self.runs]
+            page = {"endCursor": edges[-1]["cursor"], "hasNextPage": False}
+            return {"project": {"internalId": "UHJvamVjdDox", "readOnly": False, "runCount": len(edges),
+                                "runs": {"edges": edges, "pageInfo": page}}}  # fmt: skip
+        run = variables.get("name") or variables.get("run") or variables.get("runName")
+        if operation == "RunHistoryKeys":
+            return {"project": {"run": {"historyKeys": self.node(run)["historyKeys"]}}}
+        if operation == "RunParquetHistory":
+            return {"project": {"run": {"parquetHistory": {"parquetUrls": [], "liveData": []}}}}
+        if operation == "HistoryPage":
+            rows = [r for r in self.rows(run) if variables["minStep"] <= r["_step"] < variables["maxStep"]]
+            return {"project": {"run": {"history": [json.dumps(r) for r in rows[: variables["pageSize"]]]}}}
+        if operation == "RunFiles":
+            url = f"{self.url}/files/{run}/wandb-metadata.json"
+            node = {"id": "RmlsZTox", "name": "wandb-metadata.json", "url": url, "directUrl": None,
+                    "sizeBytes": len(self.metadata()), "mimetype": "application/json",
+                    "updatedAt": "2026-11-28T07:00:00", "md5": None}  # fmt: skip
+            files = {"edges": [{"node": node, "cursor": "f1"}], "pageInfo": {"endCursor": "f1", "hasNextPage": False}}
+            return {"project": {"internalId": "UHJvamVjdDox", "run": {"fileCount": 1, "files": files}}}
+        raise KeyError(f"the stand-in does not know the operation {operation}")
+
+    @staticmethod
+    def metadata() -> bytes:
+        return json.dumps({"gpu_count": 2, "gpu": "NVIDIA H100 80GB HBM3"}).encode()
+
+
+class _CloudHandler(BaseHTTPRequestHandler):
+    server: CloudStandIn
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        if self.path != "/graphql":  # wandb-core's telemetry
+            return self._reply(b"{}")
+        request = json.loads(body)
+        named = re.search(r"(?:query|mutation)\s+(\w+)", request["query"])
+        operation = request.get("operationName") or (named.group(1) if named else "")
+        variables = request.get("variables") or {}
+        self.server.operations.append((operation, variables))
+        try:
+            self._reply(json.dumps({"data": self.server.answer(operation, variables)}).encode())
+        except KeyError as error:
+            self._reply(json.dumps({"errors": [{"message": str(error)}]}).encode())
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._reply(self.server.metadata() if self.path.endswith("/wandb-metadata.json") else b"", 200)
+
+    def _reply(self, data: bytes, status: int = 200) -> None:
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def wandb_cloud(sweep: Sweep, monkeypatch: pytest.MonkeyPatch) -> Iterator[CloudStandIn]:
+    """The stand-in, running, with wandb pointed at it and online."""
+    server = CloudStandIn(sweep)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("WANDB_BASE_URL", server.url)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    try:
+        yield server
+    finally:
+        wandb.teardown()  # wandb-core keeps the server's address: a later test needs a fresh one
+        server.shutdown()
+        server.server_close()
