@@ -159,8 +159,10 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
     if args.then and backend_name == "slurm":
         records.append(JobRecord(id=THEN, variant=THEN, seed=0, command=args.then, log=""))
     backend = get_backend(backend_name)
+    # Describing renders every script: a bad template stops here, before anything is written.
+    description = backend.describe(run_dir, plan, records)
     if args.dry_run:
-        console.print(backend.describe(run_dir, plan, records), markup=False)
+        console.print(description, markup=False)
         return 0
 
     manifest = Manifest.create(run_dir, plan, records)

@@ -94,9 +94,11 @@ def _script(manifest_dir: Path, plan: dict[str, Any], variant: str, seeds: list[
 
 
 def _by_variant(records: list[JobRecord]) -> dict[str, list[JobRecord]]:
+    """The array tasks of each variant (the follow-up job is no array task)."""
     groups: dict[str, list[JobRecord]] = {}
     for record in records:
-        groups.setdefault(record.variant, []).append(record)
+        if record.variant != THEN:
+            groups.setdefault(record.variant, []).append(record)
     return groups
 
 
@@ -122,7 +124,7 @@ class SlurmBackend(Backend):
 
     def launch(self, manifest: Manifest, ids: list[str]) -> int:
         settings = manifest.plan["slurm"]
-        records = [manifest.jobs[i] for i in ids if manifest.jobs[i].variant != THEN]
+        records = [manifest.jobs[i] for i in ids if i != THEN]
         # Render everything first: a template error must stop the launch before any submission.
         scripts = {v: _script(manifest.run_dir, manifest.plan, v, [r.seed for r in g])
                    for v, g in _by_variant(records).items()}

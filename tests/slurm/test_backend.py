@@ -1,0 +1,213 @@
+"""The Slurm backend through the real CLI, on the lab cluster of scripts/slurm-up.sh."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cli import REPO, clean_env, cli_argv, records, run_cli
+
+pytestmark = pytest.mark.slurm
+TEMPLATE = str(REPO / "templates" / "trl.slurm_template")
+SLURM = ("--slurm-template-path", TEMPLATE, "--slurm-total-cpus", "1", "--poll-interval", "0.3", "--run-dir", "r")
+
+
+def sweep(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, *SLURM, cwd=cwd, timeout=timeout)
+
+
+def wait_for(condition, timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def sacct_states(array: str) -> list[str]:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", array], capture_output=True,
+                         text=True, timeout=60).stdout
+    return [state.split()[0] for job, state in (line.split("|") for line in out.splitlines()) if "_" in job
+            and "[" not in job]
+
+
+def status_rows(cwd: Path) -> str:
+    result = run_cli("status", "r", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def cwd(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def test_five_seed_array_completes_and_each_log_names_its_seed(cwd: Path) -> None:
+    marker = "sh -c 'date +%s.%N > ended-$2; echo my seed is $2' task"
+    result = sweep(cwd, "--command", f"five={marker}", "--num-seeds", "5", "--workers", "2", "--wait",
+                   "--then", "date +%s.%N > then-ran")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("submitted job array") == 1
+    jobs = records(cwd / "r")
+    array_ids = {j["slurm_id"].split("_")[0] for j in jobs.values() if j["variant"] == "five"}
+    assert len(array_ids) == 1
+    for seed in range(1, 6):
+        job = jobs[f"five/{seed}"]
+        assert job["state"] == "COMPLETED" and job["exit_code"] == 0 and job["node"] in ("node1", "node2")
+        assert f"my seed is {seed}" in (cwd / "r" / job["log"]).read_text()
+    # The follow-up ran after every task had ended, not just the first.
+    assert jobs["then"]["state"] == "COMPLETED"
+    then_ran = float((cwd / "then-ran").read_text())
+    assert all(then_ran >= float((cwd / f"ended-{seed}").read_text()) for seed in range(1, 6))
+    script = next((cwd / "r" / "scripts").glob("five-*.sh")).read_text()
+    assert "#SBATCH --array=0-4%2" in script and "seeds=(1 2 3 4 5)" in script
+
+
+def test_ranks_get_distinct_gpus_and_jobs_spread_over_nodes(cwd: Path) -> None:
+    report = "sh -c 'echo rank=$SLURM_PROCID node=$SLURMD_NODENAME gpu=$CUDA_VISIBLE_DEVICES' x"
+    result = sweep(cwd, "--command", f"ranks={report}", "--num-seeds", "1", "--slurm-ntasks", "2",
+                   "--slurm-gpus-per-task", "1", "--slurm-nodes", "2", "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = (cwd / "r" / records(cwd / "r")["ranks/1"]["log"]).read_text()
+    ranks = dict(line.split(" ", 1) for line in log.splitlines() if line.startswith("rank="))
+    assert set(ranks) == {"rank=0", "rank=1"}, log
+    nodes = {part.split()[0] for part in ranks.values()}
+    assert nodes == {"node=node1", "node=node2"}, log
+    gpus = [part.split()[1] for part in ranks.values()]
+    assert all(g in ("gpu=0", "gpu=1") for g in gpus), log
+
+
+def test_a_failing_seed_is_recorded_and_resume_resubmits_only_it(cwd: Path) -> None:
+    flaky = "sh -c 'test $2 != 2 || test -e fixed || exit 7; echo ok $2' x"
+    result = sweep(cwd, "--command", f"flaky={flaky}", "--num-seeds", "3", "--wait")
+    assert result.returncode == 1
+    assert "flaky/2 FAILED (exit 7)" in result.stdout
+    before = records(cwd / "r")
+    assert [before[f"flaky/{s}"]["state"] for s in (1, 2, 3)] == ["COMPLETED", "FAILED", "COMPLETED"]
+    assert before["flaky/2"]["exit_code"] == 7
+    row = next(line for line in status_rows(cwd).splitlines() if "flaky " in line and " 2 " in line)
+    assert "FAILED" in row and " 7 " in row
+
+    (cwd / "fixed").touch()
+    result = run_cli("resume", "r", cwd=cwd, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming 1 of 3 jobs" in result.stdout
+    after = records(cwd / "r")
+    assert {j["state"] for j in after.values()} == {"COMPLETED"}
+    assert after["flaky/1"]["slurm_id"] == before["flaky/1"]["slurm_id"]
+    assert after["flaky/2"]["slurm_id"] != before["flaky/2"]["slurm_id"]
+    assert after["flaky/2"]["tries"][0]["exit_code"] == 7
+    assert "ok 2" in (cwd / "r" / after["flaky/2"]["log"]).read_text()
+
+
+def test_cancel_stops_exactly_this_runs_jobs(cwd: Path) -> None:
+    other = run_cli("--command", "other=sleep 60", "--num-seeds", "1", "--seed-flag", "", *SLURM[:-1], "other-run",
+                    cwd=cwd)
+    assert other.returncode == 0, other.stderr
+    result = sweep(cwd, "--command", "sleepy=sleep 60", "--num-seeds", "3", "--seed-flag", "")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: "RUNNING" in states(cwd), what="a task to run")
+    cancelled = run_cli("cancel", "r", cwd=cwd)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "cancelled 3 task(s)" in cancelled.stdout
+    assert [j["state"] for j in records(cwd / "r").values()] == ["CANCELLED"] * 3
+    array = records(cwd / "r")["sleepy/1"]["slurm_id"].split("_")[0]
+    wait_for(lambda: sacct_states(array) == ["CANCELLED"] * 3, what="Slurm to cancel all three tasks")
+    other_id = records(cwd / "other-run")["other/1"]["slurm_id"].split("_")[0]
+    squeue = subprocess.run(["squeue", "-h", "-j", other_id, "-o", "%T"], capture_output=True, text=True).stdout
+    assert squeue.strip() in ("PENDING", "RUNNING"), "another run's job was cancelled too"
+    assert run_cli("cancel", "other-run", cwd=cwd).returncode == 0
+
+
+def test_unknown_template_variable_is_an_error_before_submission(cwd: Path) -> None:
+    template = cwd / "bad.slurm_template"
+    template.write_text("#!/bin/bash\n#SBATCH --array={{array}}\n\nsrun {{command}} --seed {{ sed }}\n")
+    result = run_cli("--command", "true", "--slurm-template-path", str(template), "--run-dir", "r", cwd=cwd)
+    assert result.returncode == 2
+    assert f"{template}:4: undefined template variable 'sed'" in result.stderr
+    assert not (cwd / "r").exists()
+
+
+def test_sbatch_refusing_one_variant_leaves_the_others_submitted(cwd: Path) -> None:
+    template = cwd / "picky.slurm_template"
+    original = Path(TEMPLATE).read_text()
+    # The variant named "bad" asks for a partition that does not exist; sbatch refuses it alone.
+    template.write_text(original.replace(
+        "#SBATCH --export=ALL", "#SBATCH --export=ALL\n{% if job_name == 'bad' %}#SBATCH --partition=nope{% endif %}"
+    ))
+    result = run_cli("--command", "good=true", "--command", "bad=true", "--num-seeds", "2",
+                     "--slurm-template-path", str(template), "--slurm-total-cpus", "1", "--wait",
+                     "--poll-interval", "0.3", "--run-dir", "r", cwd=cwd, timeout=120)
+    assert result.returncode == 1
+    assert "not submitted: bad: sbatch failed" in result.stderr and "invalid partition" in result.stderr.lower()
+    jobs = records(cwd / "r")
+    assert jobs["bad/1"]["state"] == "NOT_SUBMITTED" and "nope" in jobs["bad/1"]["message"].lower() + "nope"
+    assert jobs["good/1"]["state"] == jobs["good/2"]["state"] == "COMPLETED"
+
+
+def test_controller_down_mid_sweep_loses_no_task(cwd: Path) -> None:
+    result = sweep(cwd, "--command", "slow=sleep 4", "--num-seeds", "2", "--seed-flag", "")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: states(cwd) == ["RUNNING", "RUNNING"], what="both tasks to run")
+    subprocess.run(["bash", str(REPO / "scripts" / "slurm-down.sh"), "slurmctld"], check=True, timeout=60)
+    try:
+        down = run_cli("status", "r", cwd=cwd)
+        assert down.returncode == 0 and "Traceback" not in down.stderr
+        assert "controller is unreachable" in down.stdout
+    finally:
+        subprocess.run(["bash", str(REPO / "scripts" / "slurm-up.sh")], check=True, timeout=180,
+                       capture_output=True)
+    wait_for(lambda: states(cwd) == ["COMPLETED", "COMPLETED"], timeout=90, what="both tasks to complete")
+    assert "unreachable" not in status_rows(cwd)
+
+
+def test_harness_killed_after_submission_keeps_the_job_ids(cwd: Path) -> None:
+    harness = subprocess.Popen(
+        cli_argv("--command", "slow=sleep 3", "--num-seeds", "2", "--seed-flag", "", "--wait", *SLURM),
+        cwd=cwd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    manifest = cwd / "r" / "manifest.jsonl"
+    wait_for(lambda: manifest.exists() and all(j["slurm_id"] for j in records(cwd / "r").values()),
+             what="the job ids in the manifest")
+    harness.kill()
+    harness.wait()
+    ids = {j["slurm_id"] for j in records(cwd / "r").values()}
+    assert "slow" in status_rows(cwd)
+    result = run_cli("resume", "r", cwd=cwd)
+    assert result.returncode == 0 and ("nothing to resume" in result.stdout or "left alone" in result.stdout)
+    assert {j["slurm_id"] for j in records(cwd / "r").values()} == ids  # nothing resubmitted
+    wait_for(lambda: states(cwd) == ["COMPLETED", "COMPLETED"], what="the tasks to complete")
+
+
+def test_node_down_under_a_running_task_is_recorded_and_resumed(cwd: Path) -> None:
+    result = sweep(cwd, "--command", "victim=sleep 30", "--num-seeds", "1", "--seed-flag", "",
+                   "--slurm-extra=--no-requeue")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: records_now(cwd)["victim/1"].get("node"), what="the task to run on a node")
+    node = records_now(cwd)["victim/1"]["node"]
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=test"], check=True)
+    try:
+        wait_for(lambda: states(cwd) in (["NODE_FAIL"], ["FAILED"]), what="the task to end with its node")
+    finally:
+        # With ReturnToService=2 the node may be back already, and then Slurm refuses "resume".
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
+    resumed = run_cli("resume", "r", "--workers", "1", cwd=cwd)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming 1 of 1 jobs" in resumed.stdout
+    assert run_cli("cancel", "r", cwd=cwd).returncode == 0
+
+
+def records_now(cwd: Path) -> dict[str, dict]:
+    """The records after `status` has asked Slurm (status does not write; resume does)."""
+    from benchmark.backends.slurm import SlurmBackend
+    from benchmark.manifest import Manifest
+
+    manifest = Manifest.load(cwd / "r")
+    SlurmBackend().refresh(manifest)
+    return {i: vars(r) for i, r in manifest.jobs.items()}
+
+
+def states(cwd: Path) -> list[str]:
+    return sorted(r["state"] for r in records_now(cwd).values())
