@@ -177,17 +177,17 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def load_queries(
-    name: str, tokenizer: PreTrainedTokenizerBase, min_length: int, max_length: int, seed: int
-) -> list[list[int]]:
-    """Token ids of review openings: reviews longer than 200 characters, cut to 2-7 tokens (classic)."""
+def load_reviews(name: str) -> list[str]:
+    """The prompts' source, as in the classic script: training reviews longer than 200 characters."""
     from datasets import load_dataset
 
-    reviews = [t for t in load_dataset(name, split="train")["text"] if len(t) > 200]
-    lengths = torch.randint(min_length, max_length, (len(reviews),), generator=torch.Generator().manual_seed(seed))
-    # A query is a few tokens, so tokenising the first 200 characters of each review is enough and fast.
+    return [t for t in load_dataset(name, split="train")["text"] if len(t) > 200]
+
+
+def encode_queries(tokenizer: PreTrainedTokenizerBase, reviews: list[str], lengths: list[int]) -> list[list[int]]:
+    """Each review's first `length` tokens. A query is a few tokens, so 200 characters are plenty."""
     ids = tokenizer([r[:200] for r in reviews])["input_ids"]
-    return [seq[:n] for seq, n in zip(ids, lengths.tolist(), strict=True)]
+    return [seq[:n] for seq, n in zip(ids, lengths, strict=True)]
 
 
 def batches(n_rows: int, batch_size: int, n_steps: int, seed: int, rank: int, world: int):
@@ -257,7 +257,11 @@ def train(args: Args) -> list[dict[str, float]]:
     torch.manual_seed(cfg.seed + rank)
 
     tokenizer = load_tokenizer(cfg.model_name)
-    queries = load_queries(cfg.query_dataset, tokenizer, args.query_min_length, args.query_max_length, cfg.seed)
+    reviews = load_reviews(cfg.query_dataset)
+    # One query length per review, drawn once like the classic dataset map (TRL's LengthSampler).
+    query_lengths = torch.randint(
+        args.query_min_length, args.query_max_length, (len(reviews),), generator=torch.Generator().manual_seed(cfg.seed)
+    )
     policy, reference = load_policy(cfg.model_name, args.use_peft, args.lora_r, args.lora_alpha, device)
     reward_fn = SentimentReward(cfg.reward_model, device)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -279,11 +283,12 @@ def train(args: Args) -> list[dict[str, float]]:
     n_steps = math.ceil(cfg.steps / cfg.batch_size)
     shuffle = torch.Generator().manual_seed(cfg.seed + rank)
     history = []
-    for step, rows in enumerate(batches(len(queries), cfg.batch_size, n_steps, cfg.seed, rank, world)):
+    for step, rows in enumerate(batches(len(reviews), cfg.batch_size, n_steps, cfg.seed, rank, world)):
         t_start = clock(device)
 
         # 1. Rollout: the whole batch generates at once from left-padded queries.
-        query_ids, query_mask = left_pad([queries[i] for i in rows.tolist()], tokenizer.pad_token_id)
+        queries = encode_queries(tokenizer, [reviews[i] for i in rows.tolist()], query_lengths[rows].tolist())
+        query_ids, query_mask = left_pad(queries, tokenizer.pad_token_id)
         query_ids, query_mask = query_ids.to(device), query_mask.to(device)
         with torch.no_grad(), autocast:
             sequences = policy.lm.generate(

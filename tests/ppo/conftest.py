@@ -1,0 +1,87 @@
+"""Fixtures for the trl_ppo tests: offline stand-in assets built once, offline W&B, one CPU thread."""
+
+import hashlib
+import inspect
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import tyro
+
+from trl_ppo import offline_assets
+from trl_ppo.ppo import Args, train
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No hub access at all, dataset caches in a temp dir, and one thread per op.
+
+    One thread: the suite shares 2 cores with other work, and torch's second thread then mostly waits.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            mp.setenv(var, "1")
+        mp.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
+        mp.setenv("TOKENIZERS_PARALLELISM", "false")
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def assets(request: pytest.FixtureRequest) -> Path:
+    """The stand-ins, built by `python -m trl_ppo.offline_assets`'s code into the pytest cache.
+
+    Keyed by the builder's source, so a changed builder rebuilds; a fresh checkout (CI) builds once.
+    """
+    key = hashlib.sha256(inspect.getsource(offline_assets).encode()).hexdigest()[:16]
+    folder = Path(request.config.cache.mkdir("trl_ppo_assets")) / key
+    if not (folder / "complete").exists():
+        offline_assets.build(offline_assets.Args(out_dir=folder))
+        (folder / "complete").touch()
+    return folder
+
+
+@pytest.fixture
+def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """W&B in offline mode writing under tmp_path; yields its WANDB_DIR."""
+    import wandb
+
+    for var, value in {
+        "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path),
+        "WANDB_DATA_DIR": str(tmp_path / "data"), "WANDB_CACHE_DIR": str(tmp_path / "cache"),
+        "WANDB_CONFIG_DIR": str(tmp_path / "config"),
+    }.items():
+        monkeypatch.setenv(var, value)
+    yield tmp_path
+    wandb.teardown()
+
+
+def user_flags(assets: Path) -> list[str]:
+    """The flags a user passes to run on the stand-ins: the same path as hub names."""
+    return [
+        "--ppo_config.model_name", str(assets / "gpt2-imdb"),
+        "--ppo_config.reward_model", f"sentiment-analysis:{assets / 'distilbert-imdb'}",
+        "--ppo_config.query_dataset", str(assets / "imdb"),
+    ]
+
+
+@pytest.fixture
+def small() -> list[str]:
+    """A setting that learns at about a second per step on one CPU thread: 16 rollouts of 8 tokens, lr 1e-3."""
+    return [
+        "--ppo_config.batch_size", "16", "--ppo_config.mini_batch_size", "16",
+        "--ppo_config.learning_rate", "1e-3", "--ppo_config.ppo_epochs", "2", "--max_new_tokens", "8",
+    ]
+
+
+@pytest.fixture
+def run_ppo(assets: Path):
+    """Parse CLI flags exactly as `python -m trl_ppo.ppo` does, on the stand-ins, and train."""
+
+    def run(*flags: str) -> list[dict[str, float]]:
+        return train(tyro.cli(Args, args=[*user_flags(assets), *flags]))
+
+    return run

@@ -1,0 +1,110 @@
+"""The PPO math against values computed by hand."""
+
+import math
+
+import pytest
+import torch
+
+from trl_ppo import core
+from trl_ppo.ppo import response_mask
+
+
+def test_ppo_loss_pieces_by_hand() -> None:
+    # Two response tokens and one padding position that must not count.
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    logprobs = torch.log(torch.tensor([[1.5, 0.5, 7.0]]))  # ratios 1.5, 0.5 against old log-probs 0
+    old_logprobs = torch.zeros(1, 3)
+    advantages = torch.tensor([[1.0, -1.0, 5.0]])
+    values, old_values = torch.tensor([[0.5, 0.0, 9.0]]), torch.zeros(1, 3)
+    returns = torch.tensor([[1.0, -1.0, 0.0]])
+
+    loss, stats = core.ppo_loss(
+        logprobs, values, old_logprobs, old_values, advantages, returns, mask,
+        cliprange=0.2, cliprange_value=0.2, vf_coef=0.1,
+    )
+    # policy: max(-A r, -A clip(r)) = max(-1.5, -1.2) = -1.2 and max(0.5, 0.8) = 0.8 -> mean -0.2
+    assert stats["loss/policy"].item() == pytest.approx(-0.2)
+    assert stats["policy/clipfrac"].item() == pytest.approx(1.0)
+    # value: token 1 clipped 0.5 -> 0.2: max(0.25, 0.64) = 0.64; token 2: 1 -> 0.5 * mean(0.64, 1) = 0.41
+    assert stats["loss/value"].item() == pytest.approx(0.41)
+    assert stats["val/clipfrac"].item() == pytest.approx(0.5)
+    assert loss.item() == pytest.approx(-0.2 + 0.1 * 0.41)
+    assert stats["policy/ratio"].item() == pytest.approx(1.0)
+    assert stats["policy/approxkl"].item() == pytest.approx(0.25 * (math.log(1.5) ** 2 + math.log(0.5) ** 2))
+
+
+def test_micro_batch_losses_sum_to_the_batch_loss() -> None:
+    """With the whole batch's token count, per-micro-batch losses add up to the full batch's loss."""
+    torch.manual_seed(0)
+    shape = (8, 5)
+    mask = (torch.arange(5) < torch.randint(1, 6, (8, 1))).float()
+    tensors = [torch.randn(shape) for _ in range(6)]
+    full, _ = core.ppo_loss(*tensors, mask, 0.2, 0.2, 0.1)
+    parts = [
+        core.ppo_loss(*(t[rows] for t in tensors), mask[rows], 0.2, 0.2, 0.1, n_tokens=mask.sum())[0]
+        for rows in torch.arange(8).split(2)
+    ]
+    assert sum(parts).item() == pytest.approx(full.item(), abs=1e-6)
+
+
+def test_gae_by_hand() -> None:
+    values = torch.tensor([[0.5, 0.4, 0.3, 7.0]])
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 3.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    advantages, returns = core.gae(values, rewards, mask, gamma=1.0, lam=0.5)
+    # deltas from the end: 1 - 0.3 = 0.7; 0.3 - 0.4 = -0.1; 0.4 - 0.5 = -0.1
+    raw = torch.tensor([-0.1 + 0.5 * (-0.1 + 0.5 * 0.7), -0.1 + 0.5 * 0.7, 0.7])
+    assert returns[0, :3].tolist() == pytest.approx((raw + values[0, :3]).tolist())
+    expected = (raw - raw.mean()) / raw.std()  # whitened over the 3 real tokens, Bessel-corrected
+    assert advantages[0, :3].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_gamma_discounts() -> None:
+    values, mask = torch.zeros(1, 3), torch.ones(1, 3)
+    rewards = torch.tensor([[0.0, 0.0, 1.0]])
+    _, returns = core.gae(values, rewards, mask, gamma=0.5, lam=1.0)
+    assert returns[0].tolist() == pytest.approx([0.25, 0.5, 1.0])
+
+
+def test_token_rewards_put_the_score_on_the_last_response_token() -> None:
+    kl = torch.ones(2, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    rewards, non_score = core.token_rewards(torch.tensor([2.0, -1.0]), kl, mask, kl_coef=0.1)
+    torch.testing.assert_close(rewards, torch.tensor([[-0.1, 1.9, 0.0], [-0.1, -0.1, -1.1]]))
+    torch.testing.assert_close(non_score, torch.tensor([[-0.1, -0.1, 0.0], [-0.1, -0.1, -0.1]]))
+
+
+def test_kl_penalties() -> None:
+    lp, ref = torch.tensor([-1.0]), torch.tensor([-2.0])
+    assert core.kl_penalty(lp, ref, "kl").item() == pytest.approx(1.0)
+    assert core.kl_penalty(ref, lp, "abs").item() == pytest.approx(1.0)
+    assert core.kl_penalty(lp, ref, "mse").item() == pytest.approx(0.5)
+    p, q = torch.tensor([[0.5, 0.5]]).log(), torch.tensor([[0.9, 0.1]]).log()
+    exact = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    assert core.kl_penalty(p, q, "full").item() == pytest.approx(exact)
+
+
+def test_adaptive_kl_controller() -> None:
+    # Error clipped to +-20%, scaled by the share of the horizon one batch covers.
+    assert core.adaptive_kl_coef(0.2, kl=9.0, n_samples=128, target=6.0, horizon=10000) == pytest.approx(
+        0.2 * (1 + 0.2 * 128 / 10000)
+    )
+    assert core.adaptive_kl_coef(0.2, kl=5.4, n_samples=100, target=6.0, horizon=100) == pytest.approx(0.18)
+
+
+def test_whitening() -> None:
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    assert core.masked_var(x, mask).item() == pytest.approx(1.0)
+    assert core.masked_whiten(x, mask)[0, :3].tolist() == pytest.approx([-1.0, 0.0, 1.0], abs=1e-6)
+    assert core.masked_whiten(x, mask, shift_mean=False)[0, :3].tolist() == pytest.approx([1.0, 2.0, 3.0], abs=1e-6)
+
+
+def test_entropy_of_uniform_logits() -> None:
+    assert core.entropy_from_logits(torch.zeros(4)).item() == pytest.approx(math.log(4))
+
+
+def test_response_mask_keeps_the_first_eos() -> None:
+    eos = 9
+    responses = torch.tensor([[5, 6, 9, 9, 9], [9, 9, 9, 9, 9], [1, 2, 3, 4, 5]])
+    assert response_mask(responses, eos).tolist() == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
