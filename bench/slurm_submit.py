@@ -1,0 +1,165 @@
+"""How fast a sweep reaches Slurm: the harness's job arrays against one sbatch per task, in one run.
+
+    python bench/slurm_submit.py [--variants 10] [--seeds 100] [--repeats 3]
+
+Needs a reachable cluster (`bash scripts/slurm-up.sh` starts the lab one). Measures, for
+--variants x --seeds tasks of `true`:
+  - ours: one `python benchmark/benchmark.py --command v0=true ... --num-seeds N` invocation, its
+    whole-process wall time until every task is submitted (median of --repeats; the manifest must
+    hold one job id per task), the sbatch calls it made (counted by an `sbatch` wrapper put first on
+    PATH, which logs each call and execs the real one) and, for the last repeat, the time from the
+    invocation until the last task ended (the tasks' exit files, RUN_DIR/exit/<job>_<index>);
+  - naive: one `sbatch` per task of a minimal script, from a loop in this process, as a harness
+    without job arrays must do. Submitted held and cancelled: only submission is timed.
+Every job this script submits runs at --nice=10000, so other users of a shared cluster go first, and
+is cancelled at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NICE = "--nice=10000"
+# Logs each call, then becomes the real sbatch: the harness sees sbatch's own output and exit code.
+SBATCH_WRAPPER = """#!/bin/sh
+echo "$*" >> "$SBATCH_CALLS"
+exec {sbatch} "$@"
+"""
+NAIVE_SCRIPT = f"""#!/bin/sh
+#SBATCH --output=/dev/null
+#SBATCH --cpus-per-task=1
+#SBATCH {NICE}
+true
+"""
+
+
+def harness(run_dir: Path, variants: int, seeds: int, env: dict[str, str]) -> tuple[float, list[str]]:
+    """Our invocation's wall time, and the job ids its manifest holds."""
+    commands = [arg for i in range(variants) for arg in ("--command", f"v{i}=true")]
+    argv = [
+        sys.executable, str(REPO / "benchmark" / "benchmark.py"), *commands, "--num-seeds", str(seeds),
+        "--slurm-template-path", str(REPO / "templates" / "trl.slurm_template"), "--slurm-gpus-per-task", "0",
+        "--slurm-total-cpus", "1", "--seed-flag", "", f"--slurm-extra={NICE}", "--run-dir", str(run_dir),
+    ]
+    start = time.perf_counter()
+    result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
+    took = time.perf_counter() - start
+    ids = [record["slurm_id"] for record in records(run_dir)]
+    if result.returncode != 0:
+        cancel(ids)
+        raise SystemExit(f"the harness failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return took, ids
+
+
+def records(run_dir: Path) -> list[dict]:
+    """The last snapshot of each job in the run's manifest."""
+    path = run_dir / "manifest.jsonl"
+    jobs = {}
+    for line in path.read_text().splitlines()[1:] if path.exists() else []:
+        job = json.loads(line)["job"]
+        jobs[job["id"]] = job
+    return list(jobs.values())
+
+
+def wait_for_exit_files(run_dir: Path, count: int, timeout: float) -> list[Path]:
+    """The exit files of the run's tasks once all `count` exist, or as many as appeared by `timeout`."""
+    exit_dir = run_dir / "exit"
+    deadline = time.monotonic() + timeout
+    while True:
+        files = [p for p in exit_dir.glob("*") if not p.name.endswith(".tmp")] if exit_dir.exists() else []
+        if len(files) >= count or time.monotonic() > deadline:
+            return files
+        time.sleep(0.2)
+
+
+def naive(tmp: Path, tasks: int) -> tuple[list[float], list[str]]:
+    """One held sbatch per task: each call's wall time, and the job ids."""
+    script = tmp / "naive.sh"
+    script.write_text(NAIVE_SCRIPT)
+    times, ids = [], []
+    try:
+        for _ in range(tasks):
+            start = time.perf_counter()
+            result = subprocess.run(["sbatch", "--parsable", "--hold", str(script)], capture_output=True, text=True,
+                                    cwd=tmp)
+            times.append(time.perf_counter() - start)
+            if result.returncode != 0:
+                raise SystemExit(f"sbatch failed: {result.stderr.strip()}")
+            ids.append(result.stdout.strip().split(";")[0])
+    finally:
+        cancel(ids)
+    return times, ids
+
+
+def cancel(job_ids: list[str]) -> None:
+    arrays = sorted({job_id.split("_")[0] for job_id in job_ids if job_id})
+    for start in range(0, len(arrays), 500):  # keeps the command line short
+        subprocess.run(["scancel", *arrays[start:start + 500]], capture_output=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", type=int, default=10)
+    parser.add_argument("--seeds", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3, help="harness submissions; all but the last are cancelled")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the last task to end")
+    args = parser.parse_args()
+    real_sbatch = shutil.which("sbatch")
+    if real_sbatch is None:
+        raise SystemExit("sbatch is not on PATH: start the lab cluster with `bash scripts/slurm-up.sh`")
+    tasks = args.variants * args.seeds
+    load = os.getloadavg()[0]
+    print(f"{args.variants} variants x {args.seeds} seeds = {tasks} tasks of `true`; {os.cpu_count()} cores, "
+          f"load average {load:.1f}")
+
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        (tmp / "bin").mkdir()
+        wrapper = tmp / "bin" / "sbatch"
+        wrapper.write_text(SBATCH_WRAPPER.format(sbatch=real_sbatch))
+        wrapper.chmod(0o755)
+        env = {**os.environ, "PATH": f"{tmp / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+
+        walls, calls, ids = [], [], []
+        try:
+            for repeat in range(args.repeats):
+                run_dir = tmp / f"run{repeat}"
+                log = tmp / f"sbatch-calls-{repeat}"
+                env["SBATCH_CALLS"] = str(log)
+                started = time.time()
+                took, ids = harness(run_dir, args.variants, args.seeds, env)
+                walls.append(took)
+                calls.append(len(log.read_text().splitlines()))
+                if len(set(ids)) != tasks or not all(ids):
+                    raise SystemExit(f"the manifest holds {len(set(filter(None, ids)))} job ids, not {tasks}")
+                if repeat < args.repeats - 1:
+                    cancel(ids)
+            files = wait_for_exit_files(run_dir, tasks, args.timeout)
+            last_end = max((p.stat().st_mtime for p in files), default=float("nan")) - started
+            failed = sum(p.read_text().strip() != "0" for p in files)
+        finally:
+            cancel(ids)
+
+        naive_times, _ = naive(tmp, tasks)
+
+    print(f"\nours, one invocation ({args.repeats} runs): {statistics.median(walls):.3f} s to submit all {tasks} "
+          f"(runs: {', '.join(f'{w:.3f}' for w in walls)}), {statistics.median(calls):.0f} sbatch calls")
+    print(f"  last run: {len(files)}/{tasks} tasks ended ({failed} non-zero), the last {last_end:.1f} s after "
+          f"the invocation started")
+    print(f"naive, one sbatch per task: {sum(naive_times):.3f} s to submit {tasks} ({tasks} sbatch calls, "
+          f"median {statistics.median(naive_times) * 1000:.1f} ms per call)")
+    print(f"ours / naive submission time: {statistics.median(walls) / sum(naive_times):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
