@@ -17,15 +17,13 @@ from typing import Annotated, Any, Literal
 
 import tyro
 
-from benchmark.backends import Backend, get_backend
+from benchmark.backends import Backend, BackendError, get_backend
 from benchmark.backends.local import detect_gpus, local_settings, log_path
-from benchmark.backends.slurm import THEN, SlurmError, slurm_settings
 from benchmark.manifest import ACTIVE_STATES, COMPLETED, PENDING, JobRecord, Manifest, ManifestError
-from benchmark.plan import PlanError, expand, make_variants, seeds
+from benchmark.plan import PlanError, Variant, expand, make_variants, seeds
 from benchmark.procs import claim_run_dir, live_harness
 from benchmark.redact import Redactor, referenced_secrets
 from benchmark.tags import auto_tags, git_commit, pr_number
-from benchmark.templates import DEFAULT_TEMPLATE
 from benchmark.view import console, error_console, status_table
 
 
@@ -117,7 +115,7 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
         command, secrets = redactor.command(variant.command)
         # Inline secrets reach the jobs through the environment; only `"$NAME"` is ever stored.
         os.environ.update(secrets)
-        safe_variants.append(type(variant)(variant.name, command))
+        safe_variants.append(Variant(variant.name, command))
     seed_list = seeds(args.start_seed, args.num_seeds)
     if args.workers < 0:
         raise PlanError(f"--workers must not be negative, got {args.workers}")
@@ -142,22 +140,26 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
         "seed_flag": args.seed_flag,
         "wandb_tags": auto_tags(pr_number(args.pr)) if args.auto_tag else [],
     }
+    records = [JobRecord.from_job(job, log_path(job.variant, job.seed, 1)) for job in jobs]
     if backend_name == "local":
         plan["local"] = local_settings(
             args.workers, detect_gpus(args.gpus), args.gpus_per_job, args.jobs_per_gpu,
             args.max_retries, args.grace_period,
         )
     else:
+        # Imported here: jinja2 and submitit would double the start-up time of every local sweep.
+        from benchmark.backends.slurm import THEN, slurm_settings
+        from benchmark.templates import DEFAULT_TEMPLATE
+
         plan["slurm"] = slurm_settings(
             args.slurm_template_path or str(DEFAULT_TEMPLATE), args.workers, args.slurm_gpus_per_task,
             args.slurm_total_cpus, args.slurm_ntasks, args.slurm_nodes, args.slurm_partition, args.slurm_time,
             args.slurm_mem, list(args.slurm_extra), list(args.slurm_setup), args.then, args.wait,
             args.poll_interval,
         )
+        if args.then:
+            records.append(JobRecord(id=THEN, variant=THEN, seed=0, command=args.then, log=""))
     run_dir = args.run_dir or _default_run_dir(safe_variants[0].name)
-    records = [JobRecord.from_job(job, log_path(job.variant, job.seed, 1)) for job in jobs]
-    if args.then and backend_name == "slurm":
-        records.append(JobRecord(id=THEN, variant=THEN, seed=0, command=args.then, log=""))
     backend = get_backend(backend_name)
     # Describing renders every script: a bad template stops here, before anything is written.
     description = backend.describe(run_dir, plan, records)
@@ -256,6 +258,6 @@ def main(argv: list[str] | None = None) -> int:
             cls, handler = _SUBCOMMANDS[argv[0]]
             return handler(tyro.cli(cls, args=argv[1:], prog=f"benchmark {argv[0]}"))
         return launch(tyro.cli(LaunchArgs, args=argv, prog="benchmark"), argv)
-    except (PlanError, ManifestError, SlurmError) as error:
+    except (PlanError, ManifestError, BackendError) as error:
         error_console.print(f"error: {error}", markup=False)
         return 2

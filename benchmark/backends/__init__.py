@@ -13,6 +13,10 @@ from typing import Any
 from benchmark.manifest import JobRecord, Manifest
 
 
+class BackendError(RuntimeError):
+    """A cluster command that failed; the message carries the cluster's own words."""
+
+
 class Backend(ABC):
     name: str
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from submitit.slurm.slurm import SlurmInfoWatcher
 
-from benchmark.backends import Backend
+from benchmark.backends import Backend, BackendError
 from benchmark.manifest import ACTIVE_STATES, CANCELLED, COMPLETED, FAILED, NOT_SUBMITTED, PENDING, JobRecord, Manifest
 from benchmark.plan import PlanError
 from benchmark.redact import Redactor, referenced_secrets
@@ -31,7 +31,7 @@ _TIMEOUT_S = 60
 _SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End"
 
 
-class SlurmError(RuntimeError):
+class SlurmError(BackendError):
     """A Slurm command that failed; the message carries Slurm's own words."""
 
 
