@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,3 +37,12 @@ def records(run_dir: Path) -> dict[str, dict]:
         job = json.loads(line)["job"]
         jobs[job["id"]] = job
     return jobs
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 60, what: str = "condition") -> None:
+    """Poll until `condition()` is true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

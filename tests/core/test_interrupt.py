@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli import clean_env, cli_argv, records, run_cli
+from cli import clean_env, cli_argv, records, run_cli, wait_for
 
 # Starts a grandchild, notes both pids, then waits: stopping the job must stop both.
 PARENT_AND_CHILD = (
@@ -27,14 +27,6 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
-
-
-def wait_for(condition, timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def lines(path: Path) -> list[str]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from cli import REPO, clean_env, cli_argv, records, run_cli
+from cli import REPO, clean_env, cli_argv, records, run_cli, wait_for
 
 pytestmark = pytest.mark.slurm
 TEMPLATE = str(REPO / "templates" / "trl.slurm_template")
@@ -16,14 +15,6 @@ SLURM = ("--slurm-template-path", TEMPLATE, "--slurm-total-cpus", "1", "--poll-i
 
 def sweep(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return run_cli(*args, *SLURM, cwd=cwd, timeout=timeout)
-
-
-def wait_for(condition, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def sacct_states(array: str) -> list[str]:
