@@ -24,12 +24,14 @@ from typing import Any
 
 from wandb.proto import wandb_internal_pb2 as pb
 
-from benchmark.report.runs import CRASHED, FAILED, FINISHED, RUNNING, Run, history_frame
+from benchmark.report.history_decode import decode_history
+from benchmark.report.runs import CRASHED, FAILED, FINISHED, RUNNING, Run
 
 _MAGIC = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
 _BLOCK = 32 * 1024
 _CHUNK_HEADER = struct.Struct("<IHB")
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+_HISTORY_FIELD = pb.Record.DESCRIPTOR.fields_by_name["history"].number
 _SUMMARY_FIELD = pb.Record.DESCRIPTOR.fields_by_name["summary"].number
 _RUN_FIELD = pb.Record.DESCRIPTOR.fields_by_name["run"].number
 # The CRC of each chunk starts from the CRC of its type byte (as in LevelDB, but unmasked).
@@ -99,9 +101,6 @@ def read_records(path: Path) -> _Log:
             continue
         if kind == _LAST:
             body, pending = bytes(pending + body), None
-        if _record_field(body) is None:
-            log.damage = Damage(path, record_start, "undecodable record")
-            break
         log.bodies.append(body)
         record_start = pos
     return log
@@ -112,18 +111,20 @@ def read_run(path: Path) -> tuple[Run, Damage | None]:
     if path.is_dir():
         path = _run_file(path)
     log = read_records(path)
-    rows: list[dict[str, Any]] = []
+    history: list[bytes] = []
     config: dict[str, Any] = {}
     meta: dict[str, Any] = {}
     exit_code: int | None = None
     for body in log.bodies:
-        if _record_field(body) == _SUMMARY_FIELD:
-            continue  # decoded only if asked for: see LazySummary
+        field_number = _record_field(body)
+        if field_number == _HISTORY_FIELD:
+            history.append(body)  # decoded all at once, below
+            continue
+        if field_number in (_SUMMARY_FIELD, None):
+            continue  # a summary is decoded only if asked for (see LazySummary); None: not a record
         record = pb.Record.FromString(body)
         kind = record.WhichOneof("record_type")
-        if kind == "history":
-            rows.append(_history_row(record.history))
-        elif kind == "run":
+        if kind == "run":
             meta = _run_meta(record.run)
             _apply_items(config, record.run.config)
         elif kind == "config":
@@ -139,7 +140,7 @@ def read_run(path: Path) -> tuple[Run, Damage | None]:
         state=_state(exit_code, log.damage, path),
         config=config,
         summary=LazySummary(path),
-        history=history_frame(rows),
+        history=decode_history(history),
         source=str(path),
         **{k: v for k, v in meta.items() if k not in ("id", "name")},
     )
@@ -203,19 +204,6 @@ def _run_file(folder: Path) -> Path:
     if not files:
         raise FileNotFoundError(f"{folder} holds no run-*.wandb file")
     return files[0]
-
-
-def _history_row(history: pb.HistoryRecord) -> dict[str, Any]:
-    row: dict[str, Any] = {"_step": history.step.num}
-    for item in history.item:
-        # Only numbers become curves; float() reads JSON numbers and wandb's NaN/Infinity, and
-        # refuses text, lists and booleans, which is exactly the split wanted, without json.loads.
-        try:
-            value = float(item.value_json)
-        except ValueError:
-            continue
-        row[item.key or ".".join(item.nested_key)] = value
-    return row
 
 
 def _apply_items(target: dict[str, Any], change: pb.ConfigRecord | pb.SummaryRecord) -> None:

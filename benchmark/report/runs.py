@@ -79,7 +79,11 @@ def value_matches(actual: Any, wanted: str) -> bool:
 
 def history_frame(rows: list[dict[str, float]]) -> pd.DataFrame:
     """Logged rows of numbers -> a frame sorted by `_step`."""
-    frame = pd.DataFrame.from_records(rows) if rows else pd.DataFrame()
+    return sorted_by_step(pd.DataFrame.from_records(rows) if rows else pd.DataFrame())
+
+
+def sorted_by_step(frame: pd.DataFrame) -> pd.DataFrame:
+    """A history frame in step order, `_step` as integers (W&B numbers rows from 0 if it is absent)."""
     if "_step" not in frame:
         frame["_step"] = pd.Series(range(len(frame)), dtype="int64")
     frame["_step"] = frame["_step"].astype("int64")
