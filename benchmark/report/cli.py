@@ -20,7 +20,7 @@ from benchmark.report import cloud, figures, rundir, sources, summary
 from benchmark.report.aggregate import Band, Curve, curve, series
 from benchmark.report.presets import Preset, preset_selection
 from benchmark.report.runs import BROKEN_STATES, Run
-from benchmark.report.select import Filters, group_runs, key_of, parse_assignments
+from benchmark.report.selection import Filters, group_runs, key_of, parse_assignments
 
 Repeatable = tyro.conf.UseAppendAction
 

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.report.runs import Run, history_frame, numbers_only
-from benchmark.report.select import Filters
+from benchmark.report.selection import Filters
 
 # Fetching is network-bound: more parallel requests than cores pay off.
 FETCH_WORKERS = 8

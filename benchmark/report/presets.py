@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from benchmark.report.runs import Run, config_value
-from benchmark.report.select import exp_name
+from benchmark.report.selection import exp_name
 
 Preset = Literal["baseline", "grad-accum", "model-size", "peft"]
 PRESETS: tuple[Preset, ...] = ("baseline", "grad-accum", "model-size", "peft")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from benchmark.report import offline
 from benchmark.report.runs import Run
-from benchmark.report.select import exp_name
+from benchmark.report.selection import exp_name
 
 _RUNS_PER_WORKER = 4
 
