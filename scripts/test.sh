@@ -6,5 +6,7 @@ bash scripts/setup.sh
 bash scripts/slurm-up.sh
 trap 'bash scripts/slurm-down.sh' EXIT
 .venv/bin/ruff check .
+# tests/report checks the report's index.html in a real headless browser.
+command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
 # pytest's own exit code stands: 5 ("no tests ran") fails this script like any failure.
 .venv/bin/python -m pytest "$@"
