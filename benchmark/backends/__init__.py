@@ -46,4 +46,8 @@ def get_backend(name: str) -> Backend:
         from benchmark.backends.slurm import SlurmBackend
 
         return SlurmBackend()
+    if name == "submitit":
+        from benchmark.backends.submitit import SubmititBackend
+
+        return SubmititBackend()
     raise ValueError(f"unknown backend {name!r}")

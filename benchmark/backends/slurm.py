@@ -181,7 +181,7 @@ class SlurmBackend(Backend):
         try:
             with view:
                 while any(r.state in ACTIVE_STATES for r in records):
-                    time.sleep(manifest.plan["slurm"]["poll_interval"])
+                    time.sleep(manifest.plan[self.name]["poll_interval"])
                     self._refresh_and_save(manifest, view.event)
         except KeyboardInterrupt:
             console.print(f"stopped waiting; the jobs go on. Stop them with: benchmark cancel {manifest.run_dir}")
