@@ -1,0 +1,94 @@
+"""The submitit backend on the lab cluster of scripts/slurm-up.sh (and one test on submitit's local
+executor, which needs no cluster). Sweeps are launched through the backend, as the CLI does; status,
+resume and cancel go through the real CLI."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from cli import records, run_cli, wait_for
+
+from benchmark.backends.local import log_path
+from benchmark.backends.slurm import slurm_settings
+from benchmark.backends.submitit import SubmititBackend
+from benchmark.manifest import JobRecord, Manifest
+from benchmark.plan import Variant, expand
+from benchmark.templates import DEFAULT_TEMPLATE
+
+# Fails for seed 2 until the file `fixed` exists; says its seed either way.
+FLAKY = "sh -c 'echo my seed is $2; test $2 != 2 || test -e fixed || exit 7' x"
+
+
+def launch(cwd: Path, command: str, num_seeds: int, *, cluster: str | None = None, wait: bool = True,
+           partition: str | None = None) -> int:
+    """`benchmark --backend submitit --command v=COMMAND --num-seeds N --run-dir r`, run from `cwd`."""
+    variants = [Variant("v", command)]
+    seeds = list(range(1, num_seeds + 1))
+    settings = slurm_settings(str(DEFAULT_TEMPLATE), 0, 0, 1, 1, None, partition, None, None, [], [], None, wait, 0.3)
+    plan = {"cwd": str(cwd), "backend": "submitit", "variants": [vars(v) for v in variants], "seeds": seeds,
+            "seed_flag": "--seed", "wandb_tags": [], "submitit": settings | {"cluster": cluster}}
+    jobs = [JobRecord.from_job(job, log_path(job.variant, job.seed, 1)) for job in expand(variants, seeds, "--seed")]
+    manifest = Manifest.create(cwd / "r", plan, jobs)
+    return SubmititBackend().launch(manifest, list(manifest.jobs))
+
+
+def states(cwd: Path) -> list[str]:
+    """The states `status` would show (status itself does not write them)."""
+    manifest = Manifest.load(cwd / "r")
+    SubmititBackend().refresh(manifest)
+    return [record.state for record in manifest.jobs.values()]
+
+
+@pytest.mark.slurm
+def test_a_three_seed_sweep_records_submitits_jobs_and_resumes_the_failed_seed(tmp_path: Path) -> None:
+    assert launch(tmp_path, FLAKY, 3) == 1
+    jobs = records(tmp_path / "r")
+    array = jobs["v/1"]["slurm_id"].split("_")[0]
+    assert [jobs[f"v/{seed}"]["slurm_id"] for seed in (1, 2, 3)] == [f"{array}_{i}" for i in range(3)]
+    assert [jobs[f"v/{seed}"]["state"] for seed in (1, 2, 3)] == ["COMPLETED", "FAILED", "COMPLETED"]
+    assert jobs["v/2"]["exit_code"] == 7  # the command's own code, not submitit's 1
+    for seed in (1, 2, 3):
+        assert jobs[f"v/{seed}"]["log"] == f"submitit/{array}_{seed - 1}_0_log.out"
+        assert f"my seed is {seed}" in (tmp_path / "r" / jobs[f"v/{seed}"]["log"]).read_text()
+
+    status = run_cli("status", "r", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert "2 COMPLETED, 1 FAILED" in status.stdout and f"{array}_1" in status.stdout
+
+    (tmp_path / "fixed").touch()
+    resumed = run_cli("resume", "r", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming 1 of 3 jobs" in resumed.stdout
+    after = records(tmp_path / "r")
+    assert {job["state"] for job in after.values()} == {"COMPLETED"}
+    assert after["v/1"]["slurm_id"] == jobs["v/1"]["slurm_id"] and after["v/2"]["slurm_id"] != jobs["v/2"]["slurm_id"]
+
+
+@pytest.mark.slurm
+def test_cancel_stops_the_sweeps_tasks(tmp_path: Path) -> None:
+    assert launch(tmp_path, "sleep 60", 2, wait=False) == 0
+    wait_for(lambda: "RUNNING" in states(tmp_path), what="a task to run")
+    cancelled = run_cli("cancel", "r", cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert [job["state"] for job in records(tmp_path / "r").values()] == ["CANCELLED"] * 2
+    array = records(tmp_path / "r")["v/1"]["slurm_id"].split("_")[0]
+    squeue = subprocess.run(["squeue", "-h", "-j", array, "-o", "%T"], capture_output=True, text=True).stdout
+    assert squeue.strip() in ("", "COMPLETING"), squeue
+
+
+@pytest.mark.slurm
+def test_sbatch_refusing_leaves_the_tasks_not_submitted(tmp_path: Path) -> None:
+    assert launch(tmp_path, "true", 2, partition="nope") == 1
+    jobs = records(tmp_path / "r")
+    assert {job["state"] for job in jobs.values()} == {"NOT_SUBMITTED"}
+    assert "invalid partition" in jobs["v/1"]["message"].lower()
+
+
+def test_the_local_executor_runs_the_sweep_without_slurm(tmp_path: Path) -> None:
+    assert launch(tmp_path, FLAKY, 2, cluster="local") == 1
+    jobs = records(tmp_path / "r")
+    assert [jobs["v/1"]["state"], jobs["v/2"]["state"]] == ["COMPLETED", "FAILED"]
+    assert jobs["v/2"]["exit_code"] == 7 and int(jobs["v/2"]["slurm_id"]) == jobs["v/2"]["pid"]
+    assert "my seed is 1" in (tmp_path / "r" / jobs["v/1"]["log"]).read_text()
