@@ -43,8 +43,11 @@ from benchmark.tags import merge_wandb_tags
 from benchmark.templates import EXIT_DIR
 from benchmark.view import console, error_console
 
-# Without a time limit submitit asks Slurm for 5 minutes: a sweep should know it.
-_SUBMITIT_DEFAULT_TIME = "5 minutes"
+# Without --slurm-time, submitit asks Slurm for 5 minutes: a sweep should know it.
+_NO_TIME_NOTE = "no --slurm-time: submitit asks Slurm for its default limit, 5 minutes"
+# submitit's local executor stops a task after 2 minutes unless told otherwise; like the local
+# backend, we set no limit (a year).
+_LOCAL_TIMEOUT_MIN = 365 * 24 * 60
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def executor_parameters(settings: dict[str, Any], variant: str, tasks: int) -> d
         "name": variant, "nodes": nodes, "tasks_per_node": settings["ntasks"] // nodes, "stderr_to_stdout": True,
     }
     if cluster(settings) == "local":
-        return parameters | {"local_setup": settings["setup"]}
+        return parameters | {"local_setup": settings["setup"], "timeout_min": _LOCAL_TIMEOUT_MIN}
     gpus, ntasks = settings["gpus_per_task"], settings["ntasks"]
     if gpus:
         cpus_per_gpu = math.ceil(settings["total_cpus"] / (gpus * ntasks))
@@ -138,8 +141,8 @@ class SubmititBackend(SlurmBackend):
         if settings["then"]:
             raise PlanError("--then needs --backend slurm: submitit's local executor knows no dependencies")
         parts = [f"# submitit, {cluster(settings)} executor, folder {run_dir / 'submitit'}"]
-        if not settings["time"]:
-            parts.append(f"# no --slurm-time: submitit's default limit applies ({_SUBMITIT_DEFAULT_TIME})")
+        if cluster(settings) == "slurm" and not settings["time"]:
+            parts.append(f"# {_NO_TIME_NOTE}")
         for variant, group in _by_variant([r for r in records if r.variant != THEN]).items():
             parameters = executor_parameters(settings, variant, len(group))
             parts.append(f"# {variant}: map_array over seeds {[r.seed for r in group]}, parameters {parameters}")
@@ -151,6 +154,8 @@ class SubmititBackend(SlurmBackend):
         groups = _by_variant([manifest.jobs[i] for i in ids if i != THEN])
         run_dir = manifest.run_dir.resolve()
         executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster=settings["cluster"])
+        if executor.cluster == "slurm" and not settings["time"]:
+            console.print(f"note: {_NO_TIME_NOTE}")
         env = {"BENCHMARK_RUN_DIR": str(run_dir)}
         if manifest.plan.get("wandb_tags"):
             env["WANDB_TAGS"] = merge_wandb_tags(os.environ.get("WANDB_TAGS", ""), manifest.plan["wandb_tags"])
@@ -204,9 +209,12 @@ class SubmititBackend(SlurmBackend):
         _refresh_local(manifest)
         running = [r for r in manifest.jobs.values() if r.state == RUNNING]
         for record in running:
-            # submitit's own cancel: SIGINT to the controller, which stops its tasks.
+            # submitit's own cancel (SIGINT to the controller) would leave the command running: its
+            # controller kills only the Python task above it. Every process of the task is stopped instead.
             if is_alive(record.pid, record.pid_start):
-                os.kill(record.pid or 0, signal.SIGINT)
+                for pid in _process_tree(record.pid or 0):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
             record.state, record.end = CANCELLED, time.time()
         manifest.save(*running)
         console.print(f"cancelled {len(running)} task(s)")
@@ -233,3 +241,16 @@ def _refresh_local(manifest: Manifest) -> None:
             record.state = RUNNING
         else:
             record.state = LOST
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants, parents first, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            fields = stat.read_bytes().rpartition(b")")[2].split()  # after the command name, which may hold spaces
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree = [pid]
+    for parent in tree:  # grows while it is walked: breadth first
+        tree.extend(children.get(parent, []))
+    return tree

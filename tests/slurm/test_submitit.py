@@ -19,6 +19,8 @@ from benchmark.templates import DEFAULT_TEMPLATE
 
 # Fails for seed 2 until the file `fixed` exists; says its seed either way.
 FLAKY = "sh -c 'echo my seed is $2; test $2 != 2 || test -e fixed || exit 7' x"
+# Runs for a minute, leaving its pid in pid-<seed>.
+SLEEPY = "sh -c 'echo $$ > pid-$2; sleep 60' x"
 
 
 def launch(cwd: Path, command: str, num_seeds: int, *, cluster: str | None = None, wait: bool = True,
@@ -68,14 +70,14 @@ def test_a_three_seed_sweep_records_submitits_jobs_and_resumes_the_failed_seed(t
 
 @pytest.mark.slurm
 def test_cancel_stops_the_sweeps_tasks(tmp_path: Path) -> None:
-    assert launch(tmp_path, "sleep 60", 2, wait=False) == 0
+    assert launch(tmp_path, SLEEPY, 2, wait=False) == 0
     wait_for(lambda: "RUNNING" in states(tmp_path), what="a task to run")
     cancelled = run_cli("cancel", "r", cwd=tmp_path)
     assert cancelled.returncode == 0, cancelled.stderr
     assert [job["state"] for job in records(tmp_path / "r").values()] == ["CANCELLED"] * 2
     array = records(tmp_path / "r")["v/1"]["slurm_id"].split("_")[0]
     squeue = subprocess.run(["squeue", "-h", "-j", array, "-o", "%T"], capture_output=True, text=True).stdout
-    assert squeue.strip() in ("", "COMPLETING"), squeue
+    assert set(squeue.split()) <= {"COMPLETING"}, squeue  # nothing pending or running any more
 
 
 @pytest.mark.slurm
@@ -92,3 +94,13 @@ def test_the_local_executor_runs_the_sweep_without_slurm(tmp_path: Path) -> None
     assert [jobs["v/1"]["state"], jobs["v/2"]["state"]] == ["COMPLETED", "FAILED"]
     assert jobs["v/2"]["exit_code"] == 7 and int(jobs["v/2"]["slurm_id"]) == jobs["v/2"]["pid"]
     assert "my seed is 1" in (tmp_path / "r" / jobs["v/1"]["log"]).read_text()
+
+
+def test_cancel_on_the_local_executor_stops_the_commands(tmp_path: Path) -> None:
+    assert launch(tmp_path, SLEEPY, 2, cluster="local", wait=False) == 0
+    wait_for(lambda: all((tmp_path / f"pid-{seed}").exists() for seed in (1, 2)), what="both commands to start")
+    cancelled = run_cli("cancel", "r", cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert [job["state"] for job in records(tmp_path / "r").values()] == ["CANCELLED"] * 2
+    pids = [int((tmp_path / f"pid-{seed}").read_text()) for seed in (1, 2)]
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout=10, what="the commands to end")
