@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 from benchmark.report.runs import Run
 
@@ -54,15 +55,19 @@ def series(run: Run, metric: str, x_axis: str, smooth: int = 1) -> Series | None
     points; None when the run never logged it."""
     if metric not in run.history or x_axis not in run.history:
         return None
-    frame = run.history[[x_axis, metric]].dropna()
-    if frame.empty:
+    x = run.history[x_axis].to_numpy(dtype=float)
+    y = run.history[metric].to_numpy(dtype=float)
+    logged = ~(np.isnan(x) | np.isnan(y))
+    if not logged.any():
         return None
+    order = np.argsort(x[logged], kind="stable")
+    x, y = x[logged][order], y[logged][order]
     # A step logged twice (a resumed run) counts once, with its latest value.
-    frame = frame.drop_duplicates(x_axis, keep="last").sort_values(x_axis)
-    y = frame[metric]
+    last = np.append(x[1:] != x[:-1], True)
+    x, y = x[last], y[last]
     if smooth > 1:
-        y = y.rolling(smooth, min_periods=1).mean()
-    return Series(run, frame[x_axis].to_numpy(dtype=float), y.to_numpy(dtype=float))
+        y = pd.Series(y).rolling(smooth, min_periods=1).mean().to_numpy()
+    return Series(run, x, y)
 
 
 def align(runs: list[Series]) -> tuple[np.ndarray, np.ndarray]:

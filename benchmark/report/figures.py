@@ -11,6 +11,8 @@ from benchmark.report.aggregate import Curve
 
 _AXIS_NAMES = {"_step": "step", "_runtime": "wall time (s)", "_timestamp": "time (unix s)"}
 _PANEL_SIZE = (5.0, 3.6)  # inches per metric panel
+# A panel is ~600 pixels wide: more points per line than this cost drawing time and file size only.
+_MAX_DRAWN = 1500
 
 
 def plot(curves: dict[str, dict[str, Curve]], x_axis: str, title: str, stem: Path, band_name: str) -> list[Path]:
@@ -26,8 +28,9 @@ def plot(curves: dict[str, dict[str, Curve]], x_axis: str, title: str, stem: Pat
     # A variant keeps its colour in every panel, even where it lacks a metric.
     colours = {v: f"C{i % 10}" for i, v in enumerate(variants)}
     for ax, metric in zip(axes, metrics, strict=True):
-        for variant, c in curves[metric].items():
-            ax.plot(c.x, c.mean, color=colours[variant], linewidth=1.2, label=f"{variant} (n={int(c.n.max())})")
+        for variant, full in curves[metric].items():
+            c = _thinned(full)
+            ax.plot(c.x, c.mean, color=colours[variant], linewidth=1.2, label=f"{variant} (n={int(full.n.max())})")
             if not np.isnan(c.low).all():
                 ax.fill_between(c.x, c.low, c.high, color=colours[variant], alpha=0.2, linewidth=0)
         ax.set_title(metric)
@@ -40,3 +43,20 @@ def plot(curves: dict[str, dict[str, Curve]], x_axis: str, title: str, stem: Pat
     for path in paths:
         figure.savefig(path, dpi=120)
     return paths
+
+
+def _thinned(c: Curve) -> Curve:
+    """At most `_MAX_DRAWN` points per line, each the mean of a bin of neighbours, so that no logged
+    point is skipped (unlike sampling) and a gap stays a gap. Only drawing sees this; the summary
+    is computed from every point."""
+    size = -(-len(c.x) // _MAX_DRAWN)  # points per bin, rounded up
+    if size <= 1:
+        return c
+
+    def binned(values: np.ndarray) -> np.ndarray:
+        padded = np.concatenate([values.astype(float), np.full(-len(values) % size, np.nan)]).reshape(-1, size)
+        present = ~np.isnan(padded)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(present, padded, 0.0).sum(axis=1) / present.sum(axis=1)
+
+    return Curve(binned(c.x), binned(c.mean), binned(c.low), binned(c.high), binned(c.n))

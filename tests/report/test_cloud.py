@@ -14,7 +14,7 @@ import pytest
 
 from benchmark.report import cloud, main, offline
 from benchmark.report.runs import Run
-from benchmark.report.select import Filters
+from benchmark.report.selection import Filters
 
 if TYPE_CHECKING:
     from tests.report.conftest import CloudStandIn, Sweep

@@ -125,8 +125,9 @@ def test_ten_thousand_steps_read_well_under_a_second(offline_env: Path, tmp_path
         run.log({"env/reward_mean": step * 1e-3, "objective/kl": 0.5})
     path = Path(run.dir).parent / f"run-{run.id}.wandb"
     run.finish()
-    start = time.perf_counter()
+    # CPU time, not wall time: CI machines run other suites beside this one.
+    start = time.process_time()
     read, damage = offline.read_run(path)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert damage is None and len(read.history) == 10_000
     assert elapsed < 1.0, f"{elapsed:.2f} s"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,11 +28,26 @@ LAST_N = 10
 T975 = {1: 12.706, 2: 4.303}  # Student-t 0.975 quantiles, from a printed table
 
 
+@dataclass
+class Report:
+    out: Path
+    stdout: str
+    stderr: str
+
+
 @pytest.fixture(scope="module")
-def report_dir(sweep: Sweep, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def report(sweep: Sweep, tmp_path_factory: pytest.TempPathFactory) -> Report:
+    """The default report of the whole sweep, with what it printed."""
     out = tmp_path_factory.mktemp("report")
-    assert main(["--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(out), "--last-n", str(LAST_N)]) == 0
-    return out
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        assert main(["--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(out), "--last-n", str(LAST_N)]) == 0
+    return Report(out, stdout.getvalue(), stderr.getvalue())
+
+
+@pytest.fixture(scope="module")
+def report_dir(report: Report) -> Path:
+    return report.out
 
 
 def table(out: Path) -> dict[str, dict[str, str]]:
@@ -128,30 +146,27 @@ def test_labels_filters_and_wall_time(sweep: Sweep, tmp_path: Path) -> None:
     assert_real_image(tmp_path / "curves.png")
 
 
-def test_no_match_names_the_filters_and_what_is_there(
-    sweep: Sweep, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    args = ["--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(tmp_path), "--filter", "exp_name=nope"]
-    assert main(args) == 1
-    err = capsys.readouterr().err
-    assert "exp_name=nope" in err and "10 runs" in err and "sentiment_tuning_peft (2)" in err
+def test_terminal_table_and_warnings(report: Report, sweep: Sweep) -> None:
+    assert "Benchmark summary" in report.stdout and "sentiment_tuning_peft" in report.stdout
+    assert "1 crashed/failed excluded" in report.stdout
+    # A metric missing from a run: the run is named, the rest is plotted.
+    assert "objective/kl (x: _step) missing from runs sentiment_tuning_gpt2xl_grad_accu-s2" in report.stderr
+    # The damaged file, with its offset; the same warnings are on the page.
+    truncated = str(sweep.runs[sweep.truncated].file)
+    assert truncated in report.stderr and "at byte" in report.stderr
+    assert truncated in (report.out / "index.html").read_text()
 
 
-def test_missing_metric_names_the_runs(sweep: Sweep, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(tmp_path)]) == 0
-    err = capsys.readouterr().err
-    assert "objective/kl" in err and "sentiment_tuning_gpt2xl_grad_accu-s2" in err
-    assert str(sweep.runs[sweep.truncated].file) in err  # the damaged file, with its offset
-
-
-def test_python_dash_m_entry(sweep: Sweep, tmp_path: Path) -> None:
+def test_no_match_names_the_filters_and_what_is_there(sweep: Sweep, tmp_path: Path) -> None:
+    """Through `python -m benchmark.report`, as a user runs it."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmark.report", "--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "sentiment_tuning" in result.stdout  # the rich table
+        [sys.executable, "-m", "benchmark.report", "--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(tmp_path),
+         "--filter", "exp_name=nope"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "exp_name=nope" in result.stderr and "10 runs" in result.stderr
+    assert "sentiment_tuning_peft (2)" in result.stderr
 
 
 def test_index_html_renders_in_headless_chromium(report_dir: Path, tmp_path: Path) -> None:
