@@ -24,6 +24,8 @@ def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
             mp.setenv(var, "1")
+        # An empty hub cache too: nothing may come from a model a developer happened to download once.
+        mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
         mp.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
         mp.setenv("TOKENIZERS_PARALLELISM", "false")
         yield
