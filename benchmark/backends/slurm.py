@@ -16,8 +16,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from submitit.slurm.slurm import SlurmInfoWatcher
-
 from benchmark.backends import Backend, BackendError
 from benchmark.manifest import ACTIVE_STATES, CANCELLED, COMPLETED, FAILED, NOT_SUBMITTED, PENDING, JobRecord, Manifest
 from benchmark.plan import PlanError
@@ -233,6 +231,9 @@ class SlurmBackend(Backend):
 def _apply_sacct(manifest: Manifest, records: list[JobRecord]) -> None:
     arrays = sorted({r.slurm_id.split("_")[0] for r in records if r.slurm_id})
     out = _run(["sacct", "-X", "--parsable2", "-o", _SACCT_FIELDS, "-j", ",".join(arrays)])
+    # Imported here: submitit adds ~0.1 s to every start-up, and submitting needs no sacct.
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
     info = SlurmInfoWatcher().read_info(out)
     for record in records:
         stats = info.get(record.slurm_id or "")
