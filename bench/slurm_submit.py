@@ -1,6 +1,6 @@
 """How fast a sweep reaches Slurm: the harness's job arrays against one sbatch per task, in one run.
 
-    python bench/slurm_submit.py [--variants 10] [--seeds 100] [--repeats 3]
+    python bench/slurm_submit.py [--variants 10] [--seeds 100] [--repeats 5]
 
 Needs a reachable cluster (`bash scripts/slurm-up.sh` starts the lab one). Measures, for
 --variants x --seeds tasks of `true`:
@@ -107,11 +107,21 @@ def cancel(job_ids: list[str]) -> None:
         subprocess.run(["scancel", *arrays[start:start + 500]], capture_output=True)
 
 
+def settle(job_ids: list[str], timeout: float = 60) -> None:
+    """Wait until cancelled jobs have left the queue, so the next run meets an idle controller."""
+    arrays = ",".join(sorted({job_id.split("_")[0] for job_id in job_ids}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not subprocess.run(["squeue", "-h", "-j", arrays], capture_output=True, text=True).stdout.strip():
+            return
+        time.sleep(0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3, help="harness submissions; all but the last are cancelled")
+    parser.add_argument("--repeats", type=int, default=5, help="harness submissions; all but the last are cancelled")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the last task to end")
     args = parser.parse_args()
     real_sbatch = shutil.which("sbatch")
@@ -144,6 +154,7 @@ def main() -> None:
                     raise SystemExit(f"the manifest holds {len(set(filter(None, ids)))} job ids, not {tasks}")
                 if repeat < args.repeats - 1:
                     cancel(ids)
+                    settle(ids)
             files = wait_for_exit_files(run_dir, tasks, args.timeout)
             last_end = max((p.stat().st_mtime for p in files), default=float("nan")) - started
             failed = sum(p.read_text().strip() != "0" for p in files)
