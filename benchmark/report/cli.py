@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args: ReportArgs, console: Console | None = None) -> int:
+    """Write the report; exit code 0, 1 when no run matches, 2 for unusable arguments or run dir."""
     # Piped to a file or CI log, rich would wrap the table at 80 columns.
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True, soft_wrap=True)
@@ -86,7 +87,7 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
         filters = Filters(args.tags, args.group, args.state, parse_assignments(args.filter, "--filter"))
         labels = parse_assignments(args.labels, "--labels")
     except ValueError as error:
-        err.print(f"[red]error:[/] {error}")
+        err.print(f"[red]error:[/] {escape(str(error))}")
         return 2
     if not (args.wandb_dir or args.project or args.run_dir):
         err.print("[red]error:[/] name a source: --wandb-dir, --entity/--project or --run-dir")
@@ -112,33 +113,8 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
     out = args.output_dir or Path("results") / name
     out.mkdir(parents=True, exist_ok=True)
     warnings = list(found.warnings)
-
-    def used(group: list[Run]) -> list[Run]:
-        return [run for run in group if args.include_crashed or run.state not in BROKEN_STATES]
-
-    comparisons = (
-        [(p, *preset_selection(p, runs)) for p in args.preset]
-        if args.preset
-        else [("curves", runs, key_of(args.group_by))]
-    )
-    written: list[Path] = []
-    for title, chosen, key in comparisons:
-        groups = {label: used(group) for label, group in group_runs(chosen, key, labels).items()}
-        curves = _curves(groups, args, warnings)
-        if not curves:
-            warnings.append(f"{title}: none of the metrics {args.metrics} was logged by its runs; no figure")
-            continue
-        written += figures.plot(curves, args.x_axis, f"{name}: {title}", out / title, args.band)
-
-    expected = {labels.get(v, v): seeds for v, seeds in (found.expected_seeds or {}).items()}
-    variants = group_runs(runs, key_of(args.group_by), labels)
-    if args.group_by is None:  # the sweep's variants: one none of whose jobs started is still a row
-        for variant in expected:
-            variants.setdefault(variant, [])
-    rows = [
-        summary.summarize(variant, group, used(group), args.last_n, expected.get(variant), args.include_crashed)
-        for variant, group in variants.items()
-    ]
+    written = _draw(runs, name, out, args, labels, warnings)
+    rows = _table(runs, found.expected_seeds or {}, args, labels)
     summary.write_markdown(rows, out / "summary.md", args.last_n)
     summary.write_csv(rows, out / "summary.csv")
     summary.write_html(rows, [p for p in written if p.suffix == ".svg"], warnings, out / "index.html", args.last_n)
@@ -147,6 +123,47 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
     _print_warnings(warnings, err)
     console.print(f"wrote {out}/: {', '.join(p.name for p in written)}, summary.md, summary.csv, index.html")
     return 0
+
+
+def _used(group: list[Run], args: ReportArgs) -> list[Run]:
+    """The runs that are averaged: crashed and failed ones only when asked for."""
+    return [run for run in group if args.include_crashed or run.state not in BROKEN_STATES]
+
+
+def _draw(
+    runs: list[Run], name: str, out: Path, args: ReportArgs, labels: dict[str, str], warnings: list[str]
+) -> list[Path]:
+    """One figure per comparison (the presets asked for, else all variants); the files written."""
+    # Jobs with no W&B data yet count in the table, not in the figures.
+    logged = [run for run in runs if not run.history.empty]
+    if args.preset:
+        comparisons = [(preset, *preset_selection(preset, logged)) for preset in args.preset]
+    else:
+        comparisons = [("curves", logged, key_of(args.group_by))]
+    written: list[Path] = []
+    for title, chosen, key in comparisons:
+        groups = {label: _used(group, args) for label, group in group_runs(chosen, key, labels).items()}
+        curves = _curves(groups, args, warnings)
+        if not curves:
+            warnings.append(f"{title}: none of the metrics {args.metrics} was logged by its runs; no figure")
+            continue
+        written += figures.plot(curves, args.x_axis, f"{name}: {title}", out / title, args.band)
+    return written
+
+
+def _table(
+    runs: list[Run], expected_seeds: dict[str, list[int]], args: ReportArgs, labels: dict[str, str]
+) -> list[summary.Row]:
+    """A row per variant of the default grouping (or --group-by), whatever the presets drew."""
+    expected = {labels.get(v, v): seeds for v, seeds in expected_seeds.items()}
+    variants = group_runs(runs, key_of(args.group_by), labels)
+    if args.group_by is None:  # the sweep's variants: one none of whose jobs started is still a row
+        for variant in expected:
+            variants.setdefault(variant, [])
+    return [
+        summary.summarize(variant, group, _used(group, args), args.last_n, expected.get(variant), args.include_crashed)
+        for variant, group in variants.items()
+    ]
 
 
 def _gather(args: ReportArgs, filters: Filters) -> sources.Found:

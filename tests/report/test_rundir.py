@@ -6,6 +6,8 @@ import csv
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 from benchmark import manifest as harness
 from benchmark.manifest import JobRecord, Manifest
 from benchmark.report import main
@@ -24,7 +26,9 @@ def job(variant: str, seed: int, state: str, wandb_id: str | None = None, gpus: 
     return record
 
 
-def test_run_dir_reports_missing_crashed_and_running_seeds(sweep: Sweep, tmp_path: Path) -> None:
+def test_run_dir_reports_missing_crashed_and_running_seeds(
+    sweep: Sweep, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = tmp_path / "sweep"
     # Variant names differ from the runs' exp names: the manifest, not the config, decides.
     plan = {
@@ -63,6 +67,8 @@ def test_run_dir_reports_missing_crashed_and_running_seeds(sweep: Sweep, tmp_pat
     markdown = (out / "summary.md").read_text()
     assert "1 still running; missing seeds 3" in markdown and "missing seeds 1, 2, 3" in markdown
     assert (out / "curves.png").is_file()
+    # A job without data is a table entry, not a run "missing a metric".
+    assert "missing from runs" not in capsys.readouterr().err
 
 
 def test_not_a_run_dir(tmp_path: Path) -> None:
