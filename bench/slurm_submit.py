@@ -30,10 +30,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 NICE = "--nice=10000"
-# Logs each call, then becomes the real sbatch: the harness sees sbatch's own output and exit code.
-SBATCH_WRAPPER = """#!/bin/sh
-echo "$*" >> "$SBATCH_CALLS"
-exec {sbatch} "$@"
+# Runs the real sbatch and logs when each call began and ended; the harness sees sbatch's own output
+# and exit code.
+SBATCH_WRAPPER = """#!/bin/bash
+start=$EPOCHREALTIME
+{sbatch} "$@"
+code=$?
+echo "$start $EPOCHREALTIME" >> "$SBATCH_CALLS"
+exit $code
 """
 NAIVE_SCRIPT = f"""#!/bin/sh
 #SBATCH --output=/dev/null
@@ -43,22 +47,22 @@ true
 """
 
 
-def harness(run_dir: Path, variants: int, seeds: int, env: dict[str, str]) -> tuple[float, list[str]]:
-    """Our invocation's wall time, and the job ids its manifest holds."""
+def harness(run_dir: Path, variants: int, seeds: int, env: dict[str, str]) -> tuple[float, float, list[str]]:
+    """When our invocation started (epoch), its wall time, and the job ids its manifest holds."""
     commands = [arg for i in range(variants) for arg in ("--command", f"v{i}=true")]
     argv = [
         sys.executable, str(REPO / "benchmark" / "benchmark.py"), *commands, "--num-seeds", str(seeds),
         "--slurm-template-path", str(REPO / "templates" / "trl.slurm_template"), "--slurm-gpus-per-task", "0",
         "--slurm-total-cpus", "1", "--seed-flag", "", f"--slurm-extra={NICE}", "--run-dir", str(run_dir),
     ]
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
     took = time.perf_counter() - start
     ids = [record["slurm_id"] for record in records(run_dir)]
     if result.returncode != 0:
         cancel(ids)
         raise SystemExit(f"the harness failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return took, ids
+    return started, took, ids
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -140,16 +144,20 @@ def main() -> None:
         wrapper.chmod(0o755)
         env = {**os.environ, "PATH": f"{tmp / 'bin'}{os.pathsep}{os.environ['PATH']}"}
 
-        walls, calls, ids = [], [], []
+        walls, calls, phases, ids = [], [], [], []
         try:
             for repeat in range(args.repeats):
                 run_dir = tmp / f"run{repeat}"
                 log = tmp / f"sbatch-calls-{repeat}"
                 env["SBATCH_CALLS"] = str(log)
-                started = time.time()
-                took, ids = harness(run_dir, args.variants, args.seeds, env)
+                started, took, ids = harness(run_dir, args.variants, args.seeds, env)
+                spans = [tuple(map(float, line.split())) for line in log.read_text().splitlines()]
                 walls.append(took)
-                calls.append(len(log.read_text().splitlines()))
+                calls.append(len(spans))
+                # Before the first sbatch, inside sbatch, and after the last one until the harness exited.
+                before = spans[0][0] - started
+                inside = sum(end - begin for begin, end in spans)
+                phases.append((before, inside, took - (spans[-1][1] - started)))
                 if len(set(ids)) != tasks or not all(ids):
                     raise SystemExit(f"the manifest holds {len(set(filter(None, ids)))} job ids, not {tasks}")
                 if repeat < args.repeats - 1:
@@ -165,6 +173,9 @@ def main() -> None:
 
     print(f"\nours, one invocation ({args.repeats} runs): {statistics.median(walls):.3f} s to submit all {tasks} "
           f"(runs: {', '.join(f'{w:.3f}' for w in walls)}), {statistics.median(calls):.0f} sbatch calls")
+    before, inside, after = (statistics.median(phase) for phase in zip(*phases, strict=True))
+    print(f"  medians: {before:.3f} s before the first sbatch (Python start-up, imports, plan, rendering), "
+          f"{inside:.3f} s inside sbatch, {after:.3f} s after the last (release, exit)")
     print(f"  last run: {len(files)}/{tasks} tasks ended ({failed} non-zero), the last {last_end:.1f} s after "
           f"the invocation started")
     print(f"naive, one sbatch per task: {sum(naive_times):.3f} s to submit {tasks} ({tasks} sbatch calls, "
