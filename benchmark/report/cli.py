@@ -30,7 +30,7 @@ class ReportArgs:
     """Seed-aggregated learning curves and a summary table from W&B runs (cloud or offline)."""
 
     wandb_dir: Annotated[list[Path], Repeatable] = field(default_factory=list)
-    """a folder holding wandb's offline-run-*/run-* folders (or one such folder); repeatable"""
+    """a folder holding wandb's offline-run-*/run-* folders, or one such folder"""
     entity: str | None = None
     """W&B entity of the cloud runs (with --project)"""
     project: str | None = None
@@ -50,9 +50,9 @@ class ReportArgs:
     x_axis: str = "_step"
     """x-axis: _step, or _runtime for wall time"""
     group_by: str | None = None
-    """config key whose value makes a variant (default: the exp name)"""
+    """config key whose value makes a variant; unset: the exp name (exp_name or trl_ppo_trainer_config.exp_name)"""
     labels: Annotated[list[str], Repeatable] = field(default_factory=list)
-    """rename a variant in figures and table: OLD=NEW; repeatable"""
+    """rename a variant in figures and table: OLD=NEW"""
     smooth: int = 1
     """rolling mean over this many logged points of each run before averaging"""
     band: Band = "std"
@@ -68,9 +68,9 @@ class ReportArgs:
     cache_dir: Path = field(default_factory=cloud.default_cache_dir)
     """where fetched cloud runs are cached"""
     name: str | None = None
-    """report name (default: the run dir's or project's name)"""
+    """report name; unset: the run dir's or project's name"""
     output_dir: Path | None = None
-    """where to write (default: results/<name>)"""
+    """where to write; unset: results/<name>"""
 
 
 def main(argv: list[str] | None = None) -> int:
