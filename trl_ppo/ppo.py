@@ -435,8 +435,13 @@ def train(args: Args) -> list[dict[str, float]]:
     return history
 
 
+def parse(argv: list[str] | None = None) -> Args:
+    """The command line as TRL's examples spelled it (`--ppo_config.mini_batch_size`, `--use_peft`)."""
+    return tyro.cli(Args, args=argv, use_underscores=True)
+
+
 def main() -> None:
-    args = tyro.cli(Args)
+    args = parse()
     try:
         train(args)
     except ConfigError as e:

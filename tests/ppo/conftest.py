@@ -2,34 +2,39 @@
 
 import hashlib
 import inspect
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import torch
-import tyro
+# huggingface_hub and datasets read these when first imported, so they are set before any import
+# below: no hub access at all, and an empty hub cache, so that nothing comes from a model a
+# developer happened to download once. Subprocesses inherit them.
+CACHES = {var: tempfile.mkdtemp(prefix="trl_ppo_") for var in ("HF_HUB_CACHE", "HF_DATASETS_CACHE")}
+os.environ.update(
+    HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **CACHES
+)
 
-from trl_ppo import offline_assets
-from trl_ppo.ppo import Args, train
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from trl_ppo import offline_assets  # noqa: E402
+from trl_ppo.ppo import parse, train  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
-def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """No hub access at all, dataset caches in a temp dir, and one thread per op.
+def one_thread_and_cleanup() -> Iterator[None]:
+    """One torch thread: the suite shares 2 cores with other work, and a second thread mostly waits.
 
-    One thread: the suite shares 2 cores with other work, and torch's second thread then mostly waits.
+    Afterwards the temporary caches go (datasets keeps a copy of the reviews there).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            mp.setenv(var, "1")
-        # An empty hub cache too: nothing may come from a model a developer happened to download once.
-        mp.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
-        mp.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
-        mp.setenv("TOKENIZERS_PARALLELISM", "false")
-        yield
+    yield
     torch.set_num_threads(threads)
+    for folder in CACHES.values():
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +89,6 @@ def run_ppo(assets: Path):
     """Parse CLI flags exactly as `python -m trl_ppo.ppo` does, on the stand-ins, and train."""
 
     def run(*flags: str) -> list[dict[str, float]]:
-        return train(tyro.cli(Args, args=[*user_flags(assets), *flags]))
+        return train(parse([*user_flags(assets), *flags]))
 
     return run

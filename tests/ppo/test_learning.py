@@ -101,10 +101,11 @@ def test_bad_settings_fail_before_loading(tmp_path: Path) -> None:
 
 
 def test_cli_reports_bad_settings() -> None:
+    """Through the script path, which must work besides `python -m trl_ppo.ppo`."""
     done = subprocess.run(
-        [sys.executable, "-m", "trl_ppo.ppo", "--ppo_config.batch_size", "100",
+        [sys.executable, "trl_ppo/ppo.py", "--ppo_config.batch_size", "100",
          "--ppo_config.mini_batch_size", "16", "--ppo_config.gradient_accumulation_steps", "8"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2],
     )
     assert done.returncode == 1
     assert "error: batch_size (100) must be a multiple" in done.stderr
