@@ -1,6 +1,6 @@
 """How fast a sweep reaches Slurm: the harness's job arrays against one sbatch per task, in one run.
 
-    python bench/slurm_submit.py [--variants 10] [--seeds 100] [--repeats 5]
+    python bench/slurm_submit.py [--variants 10] [--seeds 100] [--repeats 1]
 
 Needs a reachable cluster (`bash scripts/slurm-up.sh` starts the lab one). Measures, for
 --variants x --seeds tasks of `true`:
@@ -12,7 +12,9 @@ Needs a reachable cluster (`bash scripts/slurm-up.sh` starts the lab one). Measu
   - naive: one `sbatch` per task of a minimal script, from a loop in this process, as a harness
     without job arrays must do. Submitted held and cancelled: only submission is timed.
 Every job this script submits runs at --nice=10000, so other users of a shared cluster go first, and
-is cancelled at the end, whatever happens.
+is cancelled at the end, whatever happens. Each task stays a job record in slurmctld for MinJobAge
+(300 s on the lab cluster) after it ends, and at MaxJobCount records (10,000) sbatch stalls for
+everyone: a run needs (--repeats + 1) x tasks records free, and refuses to start without them.
 """
 
 from __future__ import annotations
@@ -121,17 +123,28 @@ def settle(job_ids: list[str], timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+def free_job_records() -> int:
+    """How many more jobs slurmctld accepts before MaxJobCount (array tasks count one each)."""
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
+    limit = next(int(line.split("=")[1]) for line in config.splitlines() if line.startswith("MaxJobCount"))
+    held = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i"], capture_output=True, text=True, check=True)
+    return limit - len(held.stdout.splitlines())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=5, help="harness submissions; all but the last are cancelled")
+    parser.add_argument("--repeats", type=int, default=1, help="harness submissions; all but the last are cancelled")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the last task to end")
     args = parser.parse_args()
     real_sbatch = shutil.which("sbatch")
     if real_sbatch is None:
         raise SystemExit("sbatch is not on PATH: start the lab cluster with `bash scripts/slurm-up.sh`")
     tasks = args.variants * args.seeds
+    if (free := free_job_records()) < tasks * (args.repeats + 1):
+        raise SystemExit(f"slurmctld takes {free} more job records, this run needs {tasks * (args.repeats + 1)}: "
+                         "wait for ended jobs to age out (MinJobAge) and try again")
     load = os.getloadavg()[0]
     print(f"{args.variants} variants x {args.seeds} seeds = {tasks} tasks of `true`; {os.cpu_count()} cores, "
           f"load average {load:.1f}")
