@@ -69,8 +69,11 @@ class LaunchArgs:
     """the pull request number to tag runs with (`pr-N`)"""
     grace_period: float = 10.0
     """seconds a stopped job gets between SIGTERM and SIGKILL"""
-    backend: Literal["auto", "local", "slurm"] = "auto"
-    """where jobs run; auto: Slurm when --slurm-template-path is given, else the local pool"""
+    backend: Literal["auto", "local", "slurm", "submitit"] = "auto"
+    """where jobs run; auto: Slurm when --slurm-template-path is given, else the local pool; submitit: the
+    same plan through submitit's executor (the --slurm-* flags apply, its own batch script replaces the template)"""
+    submitit_cluster: Literal["auto", "slurm", "local"] = "auto"
+    """submitit's executor: auto (Slurm where srun exists), slurm, or local"""
     slurm_partition: str | None = None
     """Slurm partition (default: the cluster's default)"""
     slurm_time: str | None = None
@@ -151,12 +154,15 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
         from benchmark.backends.slurm import THEN, slurm_settings
         from benchmark.templates import DEFAULT_TEMPLATE
 
-        plan["slurm"] = slurm_settings(
+        settings = slurm_settings(
             args.slurm_template_path or str(DEFAULT_TEMPLATE), args.workers, args.slurm_gpus_per_task,
             args.slurm_total_cpus, args.slurm_ntasks, args.slurm_nodes, args.slurm_partition, args.slurm_time,
             args.slurm_mem, list(args.slurm_extra), list(args.slurm_setup), args.then, args.wait,
             args.poll_interval,
         )
+        if backend_name == "submitit":
+            settings["cluster"] = None if args.submitit_cluster == "auto" else args.submitit_cluster
+        plan[backend_name] = settings
         if args.then:
             records.append(JobRecord(id=THEN, variant=THEN, seed=0, command=args.then, log=""))
     run_dir = args.run_dir or _default_run_dir(safe_variants[0].name)
