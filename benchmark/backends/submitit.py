@@ -24,7 +24,7 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from benchmark.backends.slurm import THEN, SlurmBackend, _run
+from benchmark.backends.slurm import SlurmBackend, _by_variant, _run
 from benchmark.manifest import (
     ACTIVE_STATES,
     CANCELLED,
@@ -124,13 +124,6 @@ def _sbatch_options(extra: list[str]) -> dict[str, Any]:
     return options
 
 
-def _by_variant(records: list[JobRecord]) -> dict[str, list[JobRecord]]:
-    groups: dict[str, list[JobRecord]] = {}
-    for record in records:
-        groups.setdefault(record.variant, []).append(record)
-    return groups
-
-
 class SubmititBackend(SlurmBackend):
     """Shares the slurm backend's waiting, and on Slurm its sacct reading and cancelling."""
 
@@ -143,7 +136,7 @@ class SubmititBackend(SlurmBackend):
         parts = [f"# submitit, {cluster(settings)} executor, folder {run_dir / 'submitit'}"]
         if cluster(settings) == "slurm" and not settings["time"]:
             parts.append(f"# {_NO_TIME_NOTE}")
-        for variant, group in _by_variant([r for r in records if r.variant != THEN]).items():
+        for variant, group in _by_variant(records).items():
             parameters = executor_parameters(settings, variant, len(group))
             parts.append(f"# {variant}: map_array over seeds {[r.seed for r in group]}, parameters {parameters}")
             parts.extend(record.command for record in group)
@@ -151,7 +144,7 @@ class SubmititBackend(SlurmBackend):
 
     def launch(self, manifest: Manifest, ids: list[str]) -> int:
         settings = manifest.plan["submitit"]
-        groups = _by_variant([manifest.jobs[i] for i in ids if i != THEN])
+        groups = _by_variant([manifest.jobs[i] for i in ids])
         run_dir = manifest.run_dir.resolve()
         executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster=settings["cluster"])
         if executor.cluster == "slurm" and not settings["time"]:
