@@ -9,6 +9,8 @@ as the median of --repeats:
   - report: read + align seeds + mean/std + PNG and SVG + summary md/csv/html (`benchmark.report.main`),
 and once, beside them, `wandb leet inspect --json` over the same files (two at a time, as many
 processes as ours use) with its JSON lines parsed: what reading these files costs without our reader.
+Each is given in wall seconds and in CPU seconds (this process and its children): the CPU figure
+barely changes when other work shares the machine, the wall figure does.
 """
 
 from __future__ import annotations
@@ -66,24 +68,33 @@ def ensure_runs(runs_dir: Path, runs: int, steps: int) -> list[Path]:
     return offline.find_run_files(runs_dir)[:runs]
 
 
-def timed(action, repeats: int) -> float:
-    times = []
+def cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (the reader's workers, wandb's processes):
+    unlike wall time, it hardly moves when other work shares the machine."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def timed(action, repeats: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of `action`."""
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), cpu_seconds()
         action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(cpu_seconds() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
-def leet_read(files: list[Path]) -> int:
-    """Dump every file with wandb's reader and parse its lines; returns the history rows seen."""
+def leet_read(files: list[Path], steps: int) -> None:
+    """Dump every file with wandb's reader and parse its lines."""
 
     def dump(path: Path) -> int:
         out = subprocess.run([WANDB_CLI, "leet", "inspect", "--json", str(path)], capture_output=True, check=True)
         return sum(json.loads(line).get("type") == "history" for line in out.stdout.splitlines() if line)
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        return sum(pool.map(dump, files))
+        assert sum(pool.map(dump, files)) == len(files) * steps
 
 
 def main() -> None:
@@ -120,15 +131,14 @@ def main() -> None:
                 finally:
                     sys.stdout = stdout
 
-        read_s = timed(read, args.repeats)
-        print(f"read (ours):                      {read_s:6.2f} s", flush=True)
-        report_s = timed(report, args.repeats)
-        print(f"read + aggregate + plot + tables: {report_s:6.2f} s", flush=True)
-        start = time.perf_counter()
-        rows = leet_read(files)
-        leet_s = time.perf_counter() - start
-        assert rows == len(files) * args.steps
-        print(f"wandb leet inspect --json + parse: {leet_s:6.2f} s  ({leet_s / read_s:.0f}x our read)")
+        print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
+        print("                                    wall s   CPU s", flush=True)
+        read_s, read_cpu = timed(read, args.repeats)
+        print(f"read (ours)                       {read_s:8.2f} {read_cpu:7.2f}", flush=True)
+        report_s, report_cpu = timed(report, args.repeats)
+        print(f"read + aggregate + plot + tables  {report_s:8.2f} {report_cpu:7.2f}", flush=True)
+        leet_s, leet_cpu = timed(lambda: leet_read(files, args.steps), 1)
+        print(f"wandb leet inspect --json + parse {leet_s:8.2f} {leet_cpu:7.2f}  ({leet_s / read_s:.0f}x our read)")
 
 
 if __name__ == "__main__":
