@@ -184,8 +184,8 @@ def main() -> None:
 
         naive_times, _ = naive(tmp, tasks)
 
-    print(f"\nours, one invocation ({args.repeats} runs): {statistics.median(walls):.3f} s to submit all {tasks} "
-          f"(runs: {', '.join(f'{w:.3f}' for w in walls)}), {statistics.median(calls):.0f} sbatch calls")
+    print(f"\nours, one invocation (median of {args.repeats} run(s)): {statistics.median(walls):.3f} s to submit all "
+          f"{tasks} (each: {', '.join(f'{w:.3f}' for w in walls)}), {statistics.median(calls):.0f} sbatch calls")
     before, inside, after = (statistics.median(phase) for phase in zip(*phases, strict=True))
     print(f"  medians: {before:.3f} s before the first sbatch (Python start-up, imports, plan, rendering), "
           f"{inside:.3f} s inside sbatch, {after:.3f} s after the last (release, exit)")
