@@ -1,6 +1,7 @@
 """End-to-end PPO on the offline stand-ins: it learns, it is reproducible, accumulation splits only work."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,15 @@ def test_cli_reports_bad_settings() -> None:
     )
     assert done.returncode == 1
     assert "error: batch_size (100) must be a multiple" in done.stderr
+
+
+@pytest.mark.slow
+def test_optional_paths_run(run_ppo, small: list[str]) -> None:
+    """Exact KL, reward whitening, gradient clipping, early stopping and a fixed KL coefficient together."""
+    (metrics,) = run_ppo(
+        *small, "--ppo_config.steps", "16", "--ppo_config.kl_penalty", "full", "--ppo_config.whiten_rewards",
+        "--ppo_config.max_grad_norm", "1", "--ppo_config.early_stopping", "--ppo_config.target_kl", "0.001",
+        "--ppo_config.no_adap_kl_ctrl", "--ppo_config.init_kl_coef", "0.1",
+    )
+    assert metrics["objective/kl_coef"] == 0.1
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
