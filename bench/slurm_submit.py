@@ -7,7 +7,7 @@ Needs a reachable cluster (`bash scripts/slurm-up.sh` starts the lab one). Measu
   - ours: one `python benchmark/benchmark.py --command v0=true ... --num-seeds N` invocation, its
     whole-process wall time until every task is submitted (median of --repeats; the manifest must
     hold one job id per task), the sbatch calls it made (counted by an `sbatch` wrapper put first on
-    PATH, which logs each call and execs the real one) and, for the last repeat, the time from the
+    PATH, which logs when each call began and ended) and, for the last repeat, the time from the
     invocation until the last task ended (the tasks' exit files, RUN_DIR/exit/<job>_<index>);
   - naive: one `sbatch` per task of a minimal script, from a loop in this process, as a harness
     without job arrays must do. Submitted held and cancelled: only submission is timed.
@@ -20,7 +20,6 @@ everyone: a run needs (--repeats + 1) x tasks records free, and refuses to start
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -29,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmark.manifest import MANIFEST_NAME, Manifest
 
 REPO = Path(__file__).resolve().parents[1]
 NICE = "--nice=10000"
@@ -49,7 +50,7 @@ true
 """
 
 
-def harness(run_dir: Path, variants: int, seeds: int, env: dict[str, str]) -> tuple[float, float, list[str]]:
+def harness(run_dir: Path, variants: int, seeds: int, env: dict[str, str]) -> tuple[float, float, list[str | None]]:
     """When our invocation started (epoch), its wall time, and the job ids its manifest holds."""
     commands = [arg for i in range(variants) for arg in ("--command", f"v{i}=true")]
     argv = [
@@ -60,21 +61,18 @@ def harness(run_dir: Path, variants: int, seeds: int, env: dict[str, str]) -> tu
     started, start = time.time(), time.perf_counter()
     result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
     took = time.perf_counter() - start
-    ids = [record["slurm_id"] for record in records(run_dir)]
+    ids = manifest_job_ids(run_dir)
     if result.returncode != 0:
         cancel(ids)
         raise SystemExit(f"the harness failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     return started, took, ids
 
 
-def records(run_dir: Path) -> list[dict]:
-    """The last snapshot of each job in the run's manifest."""
-    path = run_dir / "manifest.jsonl"
-    jobs = {}
-    for line in path.read_text().splitlines()[1:] if path.exists() else []:
-        job = json.loads(line)["job"]
-        jobs[job["id"]] = job
-    return list(jobs.values())
+def manifest_job_ids(run_dir: Path) -> list[str | None]:
+    """The job id of each task in the run's manifest (None: not submitted); none without a manifest."""
+    if not (run_dir / MANIFEST_NAME).exists():
+        return []
+    return [record.slurm_id for record in Manifest.load(run_dir).jobs.values()]
 
 
 def wait_for_exit_files(run_dir: Path, count: int, timeout: float) -> list[Path]:
@@ -88,11 +86,12 @@ def wait_for_exit_files(run_dir: Path, count: int, timeout: float) -> list[Path]
         time.sleep(0.2)
 
 
-def naive(tmp: Path, tasks: int) -> tuple[list[float], list[str]]:
-    """One held sbatch per task: each call's wall time, and the job ids."""
+def naive(tmp: Path, tasks: int) -> list[float]:
+    """One held sbatch per task, all cancelled afterwards: each call's wall time."""
     script = tmp / "naive.sh"
     script.write_text(NAIVE_SCRIPT)
-    times, ids = [], []
+    times: list[float] = []
+    ids: list[str | None] = []
     try:
         for _ in range(tasks):
             start = time.perf_counter()
@@ -104,18 +103,18 @@ def naive(tmp: Path, tasks: int) -> tuple[list[float], list[str]]:
             ids.append(result.stdout.strip().split(";")[0])
     finally:
         cancel(ids)
-    return times, ids
+    return times
 
 
-def cancel(job_ids: list[str]) -> None:
+def cancel(job_ids: list[str | None]) -> None:
     arrays = sorted({job_id.split("_")[0] for job_id in job_ids if job_id})
     for start in range(0, len(arrays), 500):  # keeps the command line short
         subprocess.run(["scancel", *arrays[start:start + 500]], capture_output=True)
 
 
-def settle(job_ids: list[str], timeout: float = 60) -> None:
+def settle(job_ids: list[str | None], timeout: float = 60) -> None:
     """Wait until cancelled jobs have left the queue, so the next run meets an idle controller."""
-    arrays = ",".join(sorted({job_id.split("_")[0] for job_id in job_ids}))
+    arrays = ",".join(sorted({job_id.split("_")[0] for job_id in job_ids if job_id}))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not subprocess.run(["squeue", "-h", "-j", arrays], capture_output=True, text=True).stdout.strip():
@@ -157,7 +156,8 @@ def main() -> None:
         wrapper.chmod(0o755)
         env = {**os.environ, "PATH": f"{tmp / 'bin'}{os.pathsep}{os.environ['PATH']}"}
 
-        walls, calls, phases, ids = [], [], [], []
+        walls, calls, phases = [], [], []
+        ids: list[str | None] = []
         try:
             for repeat in range(args.repeats):
                 run_dir = tmp / f"run{repeat}"
@@ -182,7 +182,7 @@ def main() -> None:
         finally:
             cancel(ids)
 
-        naive_times, _ = naive(tmp, tasks)
+        naive_times = naive(tmp, tasks)
 
     print(f"\nours, one invocation (median of {args.repeats} run(s)): {statistics.median(walls):.3f} s to submit all "
           f"{tasks} (each: {', '.join(f'{w:.3f}' for w in walls)}), {statistics.median(calls):.0f} sbatch calls")
