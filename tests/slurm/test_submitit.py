@@ -1,6 +1,5 @@
-"""The submitit backend on the lab cluster of scripts/slurm-up.sh (and one test on submitit's local
-executor, which needs no cluster). Sweeps are launched through the backend, as the CLI does; status,
-resume and cancel go through the real CLI."""
+"""The submitit backend through the real CLI, on the lab cluster of scripts/slurm-up.sh, and on
+submitit's local executor, which needs no cluster."""
 
 from __future__ import annotations
 
@@ -8,14 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli import records, run_cli, wait_for
+from cli import clean_env, cli_argv, records, run_cli, wait_for
 
-from benchmark.backends.local import log_path
-from benchmark.backends.slurm import slurm_settings
 from benchmark.backends.submitit import SubmititBackend
-from benchmark.manifest import JobRecord, Manifest
-from benchmark.plan import Variant, expand
-from benchmark.templates import DEFAULT_TEMPLATE
+from benchmark.manifest import Manifest
 
 # Fails for seed 2 until the file `fixed` exists; says its seed either way.
 FLAKY = "sh -c 'echo my seed is $2; test $2 != 2 || test -e fixed || exit 7' x"
@@ -23,17 +18,13 @@ FLAKY = "sh -c 'echo my seed is $2; test $2 != 2 || test -e fixed || exit 7' x"
 SLEEPY = "sh -c 'echo $$ > pid-$2; sleep 60' x"
 
 
-def launch(cwd: Path, command: str, num_seeds: int, *, cluster: str | None = None, wait: bool = True,
-           partition: str | None = None) -> int:
-    """`benchmark --backend submitit --command v=COMMAND --num-seeds N --run-dir r`, run from `cwd`."""
-    variants = [Variant("v", command)]
-    seeds = list(range(1, num_seeds + 1))
-    settings = slurm_settings(str(DEFAULT_TEMPLATE), 0, 0, 1, 1, None, partition, None, None, [], [], None, wait, 0.3)
-    plan = {"cwd": str(cwd), "backend": "submitit", "variants": [vars(v) for v in variants], "seeds": seeds,
-            "seed_flag": "--seed", "wandb_tags": [], "submitit": settings | {"cluster": cluster}}
-    jobs = [JobRecord.from_job(job, log_path(job.variant, job.seed, 1)) for job in expand(variants, seeds, "--seed")]
-    manifest = Manifest.create(cwd / "r", plan, jobs)
-    return SubmititBackend().launch(manifest, list(manifest.jobs))
+def launch(cwd: Path, command: str, num_seeds: int, *options: str) -> int:
+    """Run a sweep; the harness's exit code. Its output is not captured: local tasks inherit it and
+    would keep a pipe open until they end."""
+    argv = cli_argv("--backend", "submitit", "--command", f"v={command}", "--num-seeds", str(num_seeds),
+                    "--slurm-gpus-per-task", "0", "--slurm-total-cpus", "1", "--poll-interval", "0.3",
+                    "--run-dir", "r", *options)
+    return subprocess.run(argv, cwd=cwd, env=clean_env(), stdout=subprocess.DEVNULL, timeout=120).returncode
 
 
 def states(cwd: Path) -> list[str]:
@@ -45,7 +36,7 @@ def states(cwd: Path) -> list[str]:
 
 @pytest.mark.slurm
 def test_a_three_seed_sweep_records_submitits_jobs_and_resumes_the_failed_seed(tmp_path: Path) -> None:
-    assert launch(tmp_path, FLAKY, 3) == 1
+    assert launch(tmp_path, FLAKY, 3, "--wait") == 1
     jobs = records(tmp_path / "r")
     array = jobs["v/1"]["slurm_id"].split("_")[0]
     assert [jobs[f"v/{seed}"]["slurm_id"] for seed in (1, 2, 3)] == [f"{array}_{i}" for i in range(3)]
@@ -70,7 +61,7 @@ def test_a_three_seed_sweep_records_submitits_jobs_and_resumes_the_failed_seed(t
 
 @pytest.mark.slurm
 def test_cancel_stops_the_sweeps_tasks(tmp_path: Path) -> None:
-    assert launch(tmp_path, SLEEPY, 2, wait=False) == 0
+    assert launch(tmp_path, SLEEPY, 2) == 0
     wait_for(lambda: "RUNNING" in states(tmp_path), what="a task to run")
     cancelled = run_cli("cancel", "r", cwd=tmp_path)
     assert cancelled.returncode == 0, cancelled.stderr
@@ -82,14 +73,14 @@ def test_cancel_stops_the_sweeps_tasks(tmp_path: Path) -> None:
 
 @pytest.mark.slurm
 def test_sbatch_refusing_leaves_the_tasks_not_submitted(tmp_path: Path) -> None:
-    assert launch(tmp_path, "true", 2, partition="nope") == 1
+    assert launch(tmp_path, "true", 2, "--slurm-partition", "nope") == 1
     jobs = records(tmp_path / "r")
     assert {job["state"] for job in jobs.values()} == {"NOT_SUBMITTED"}
     assert "invalid partition" in jobs["v/1"]["message"].lower()
 
 
 def test_the_local_executor_runs_the_sweep_without_slurm(tmp_path: Path) -> None:
-    assert launch(tmp_path, FLAKY, 2, cluster="local") == 1
+    assert launch(tmp_path, FLAKY, 2, "--submitit-cluster", "local", "--wait") == 1
     jobs = records(tmp_path / "r")
     assert [jobs["v/1"]["state"], jobs["v/2"]["state"]] == ["COMPLETED", "FAILED"]
     assert jobs["v/2"]["exit_code"] == 7 and int(jobs["v/2"]["slurm_id"]) == jobs["v/2"]["pid"]
@@ -97,7 +88,7 @@ def test_the_local_executor_runs_the_sweep_without_slurm(tmp_path: Path) -> None
 
 
 def test_cancel_on_the_local_executor_stops_the_commands(tmp_path: Path) -> None:
-    assert launch(tmp_path, SLEEPY, 2, cluster="local", wait=False) == 0
+    assert launch(tmp_path, SLEEPY, 2, "--submitit-cluster", "local") == 0
     wait_for(lambda: all((tmp_path / f"pid-{seed}").exists() for seed in (1, 2)), what="both commands to start")
     cancelled = run_cli("cancel", "r", cwd=tmp_path)
     assert cancelled.returncode == 0, cancelled.stderr
