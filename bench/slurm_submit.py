@@ -50,22 +50,31 @@ true
 """
 
 
-def harness(run_dir: Path, variants: int, seeds: int, env: dict[str, str]) -> tuple[float, float, list[str | None]]:
-    """When our invocation started (epoch), its wall time, and the job ids its manifest holds."""
+def harness(
+    run_dir: Path, variants: int, seeds: int, env: dict[str, str]
+) -> tuple[float, float, float, list[str | None]]:
+    """When our invocation started (epoch), its wall and CPU seconds, and the job ids its manifest holds."""
     commands = [arg for i in range(variants) for arg in ("--command", f"v{i}=true")]
     argv = [
         sys.executable, str(REPO / "benchmark" / "benchmark.py"), *commands, "--num-seeds", str(seeds),
         "--slurm-template-path", str(REPO / "templates" / "trl.slurm_template"), "--slurm-gpus-per-task", "0",
         "--slurm-total-cpus", "1", "--seed-flag", "", f"--slurm-extra={NICE}", "--run-dir", str(run_dir),
     ]
-    started, start = time.time(), time.perf_counter()
+    started, start, cpu = time.time(), time.perf_counter(), children_cpu()
     result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True)
-    took = time.perf_counter() - start
+    took, cpu = time.perf_counter() - start, children_cpu() - cpu
     ids = manifest_job_ids(run_dir)
     if result.returncode != 0:
         cancel(ids)
         raise SystemExit(f"the harness failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return started, took, ids
+    return started, took, cpu, ids
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (the harness, and its sbatch and git calls):
+    unlike wall time, it hardly moves when other work shares the machine."""
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 def manifest_job_ids(run_dir: Path) -> list[str | None]:
@@ -86,12 +95,13 @@ def wait_for_exit_files(run_dir: Path, count: int, timeout: float) -> list[Path]
         time.sleep(0.2)
 
 
-def naive(tmp: Path, tasks: int) -> list[float]:
-    """One held sbatch per task, all cancelled afterwards: each call's wall time."""
+def naive(tmp: Path, tasks: int) -> tuple[list[float], float]:
+    """One held sbatch per task, all cancelled afterwards: each call's wall time, and their CPU seconds."""
     script = tmp / "naive.sh"
     script.write_text(NAIVE_SCRIPT)
     times: list[float] = []
     ids: list[str | None] = []
+    cpu = children_cpu()
     try:
         for _ in range(tasks):
             start = time.perf_counter()
@@ -103,7 +113,7 @@ def naive(tmp: Path, tasks: int) -> list[float]:
             ids.append(result.stdout.strip().split(";")[0])
     finally:
         cancel(ids)
-    return times
+    return times, children_cpu() - cpu
 
 
 def cancel(job_ids: list[str | None]) -> None:
@@ -156,16 +166,17 @@ def main() -> None:
         wrapper.chmod(0o755)
         env = {**os.environ, "PATH": f"{tmp / 'bin'}{os.pathsep}{os.environ['PATH']}"}
 
-        walls, calls, phases = [], [], []
+        walls, cpus, calls, phases = [], [], [], []
         ids: list[str | None] = []
         try:
             for repeat in range(args.repeats):
                 run_dir = tmp / f"run{repeat}"
                 log = tmp / f"sbatch-calls-{repeat}"
                 env["SBATCH_CALLS"] = str(log)
-                started, took, ids = harness(run_dir, args.variants, args.seeds, env)
+                started, took, cpu, ids = harness(run_dir, args.variants, args.seeds, env)
                 spans = [tuple(map(float, line.split())) for line in log.read_text().splitlines()]
                 walls.append(took)
+                cpus.append(cpu)
                 calls.append(len(spans))
                 # Before the first sbatch, inside sbatch, and after the last one until the harness exited.
                 before = spans[0][0] - started
@@ -182,17 +193,18 @@ def main() -> None:
         finally:
             cancel(ids)
 
-        naive_times = naive(tmp, tasks)
+        naive_times, naive_cpu = naive(tmp, tasks)
 
     print(f"\nours, one invocation (median of {args.repeats} run(s)): {statistics.median(walls):.3f} s to submit all "
           f"{tasks} (each: {', '.join(f'{w:.3f}' for w in walls)}), {statistics.median(calls):.0f} sbatch calls")
+    print(f"  CPU: {statistics.median(cpus):.3f} s (the harness with its sbatch and git calls)")
     before, inside, after = (statistics.median(phase) for phase in zip(*phases, strict=True))
     print(f"  medians: {before:.3f} s before the first sbatch (Python start-up, imports, plan, rendering), "
           f"{inside:.3f} s inside sbatch, {after:.3f} s after the last (release, exit)")
     print(f"  last run: {len(files)}/{tasks} tasks ended ({failed} non-zero), the last {last_end:.1f} s after "
           f"the invocation started")
     print(f"naive, one sbatch per task: {sum(naive_times):.3f} s to submit {tasks} ({tasks} sbatch calls, "
-          f"median {statistics.median(naive_times) * 1000:.1f} ms per call)")
+          f"median {statistics.median(naive_times) * 1000:.1f} ms per call), CPU {naive_cpu:.3f} s")
     print(f"ours / naive submission time: {statistics.median(walls) / sum(naive_times):.2f}x")
 
 
