@@ -19,7 +19,7 @@ histogram parts) get no column.
 
 from __future__ import annotations
 
-from itertools import compress
+from itertools import chain, compress
 
 import numpy as np
 import pandas as pd
@@ -70,7 +70,7 @@ def decode_history(bodies: list[bytes]) -> pd.DataFrame:
     """Serialized history `Record`s, in order -> a frame of their numeric values, one row each."""
     rows = _RawLog.FromString(b"".join(bodies)).history
     counts = np.fromiter((len(row.item) for row in rows), dtype=np.int64, count=len(rows))
-    items = [item for row in rows for item in row.item]
+    items = list(chain.from_iterable(row.item for row in rows))
     row_of = np.repeat(np.arange(len(rows)), counts)
 
     columns = _ItemColumns.FromString(b"".join(items))
@@ -80,9 +80,7 @@ def decode_history(bodies: list[bytes]) -> pd.DataFrame:
     else:
         keys, values, where = _mixed(items, row_of)
 
-    texts = np.asarray(values, dtype=object)
-    numbers = pd.to_numeric(pd.Series(texts, dtype=object), errors="coerce").to_numpy(dtype=float)
-    numeric = ~np.isnan(numbers) | (texts == "NaN")  # JSON's NaN is a number that was logged
+    numbers, numeric = _as_numbers(values)
     codes, names = pd.factorize(np.asarray(keys, dtype=object))
     frame = {}
     for code, name in enumerate(names):
@@ -92,6 +90,17 @@ def decode_history(bodies: list[bytes]) -> pd.DataFrame:
             column[where[chosen]] = numbers[chosen]
             frame[name] = column
     return sorted_by_step(pd.DataFrame(frame))
+
+
+def _as_numbers(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """JSON values -> floats, and which of them are numbers at all (text, lists and flags are not)."""
+    try:  # when every value is a number, numpy's own parser is twice as fast as pandas'
+        numbers = np.array(values, dtype=float)
+        return numbers, np.ones(len(numbers), dtype=bool)
+    except ValueError:
+        texts = np.asarray(values, dtype=object)
+        numbers = pd.to_numeric(pd.Series(texts, dtype=object), errors="coerce").to_numpy(dtype=float)
+        return numbers, ~np.isnan(numbers) | (texts == "NaN")  # JSON's NaN is a number that was logged
 
 
 def _mixed(items: list[bytes], row_of: np.ndarray) -> tuple[list[str], list[str], np.ndarray]:

@@ -67,42 +67,47 @@ def read_records(path: Path) -> _Log:
     if not data.startswith(_MAGIC):
         log.damage = Damage(path, 0, "not a wandb transaction log (bad header)")
         return log
+    # Locals rather than globals and attribute look-ups: this loop runs once per record.
+    end, header, unpack, crc32, bodies = len(data), _CHUNK_HEADER.size, _CHUNK_HEADER.unpack_from, zlib.crc32, []
     pending: bytearray | None = None  # the pieces of a record split across blocks, while in one
     record_start = pos = len(_MAGIC)
-    while pos < len(data):
+    while pos < end:
         left_in_block = _BLOCK - pos % _BLOCK
-        if left_in_block < _CHUNK_HEADER.size:
+        if left_in_block < header:
             pos += left_in_block
             continue
-        if pos + _CHUNK_HEADER.size > len(data):
+        if pos + header > end:
             log.damage = Damage(path, record_start, "file ends inside a chunk header")
             break
-        crc, length, kind = _CHUNK_HEADER.unpack_from(data, pos)
-        body_start = pos + _CHUNK_HEADER.size
-        body = data[body_start : body_start + length]
-        if kind not in _TYPE_CRC or length > left_in_block - _CHUNK_HEADER.size:
+        crc, length, kind = unpack(data, pos)
+        body_start = pos + header
+        pos = body_start + length
+        if kind not in _TYPE_CRC or length > left_in_block - header:
             log.damage = Damage(path, record_start, f"bad chunk header (type {kind}, length {length})")
             break
-        if len(body) < length:
+        if pos > end:
             log.damage = Damage(path, record_start, "file ends inside a record")
             break
-        if zlib.crc32(body, _TYPE_CRC[kind]) != crc:
+        body = data[body_start:pos]
+        if crc32(body, _TYPE_CRC[kind]) != crc:
             log.damage = Damage(path, record_start, "checksum mismatch")
             break
-        if (kind in (_FULL, _FIRST)) != (pending is None):
+        if kind == _FULL and pending is None:  # nearly every record
+            bodies.append(body)
+            record_start = pos
+            continue
+        if (kind == _FIRST) != (pending is None):
             log.damage = Damage(path, record_start, "pieces of a split record out of order")
             break
-        pos = body_start + length
         if kind == _FIRST:
             pending = bytearray(body)
-            continue
-        if kind == _MIDDLE:
+        elif kind == _MIDDLE:
             pending += body
-            continue
-        if kind == _LAST:
-            body, pending = bytes(pending + body), None
-        log.bodies.append(body)
-        record_start = pos
+        else:
+            bodies.append(bytes(pending + body))
+            pending = None
+            record_start = pos
+    log.bodies = bodies
     return log
 
 
@@ -229,14 +234,18 @@ def _record_field(body: bytes) -> int | None:
     Protobuf writers emit fields in field-number order: an optional `num` (field 1, a varint),
     then the payload's tag, whose upper bits are its field number.
     """
-    pos = 0
     try:
-        if body[0] == 0x08:  # `num`, wire type varint: skip it
-            _, pos = _varint(body, 1)
-        tag, _ = _varint(body, pos)
+        pos = 0
+        if body[0] == 0x08:  # `num`, wire type varint: skip its tag and its bytes
+            pos = 1
+            while body[pos] & 0x80:
+                pos += 1
+            pos += 1
+        if body[pos] < 0x80:  # a one-byte tag: every payload numbered below 16
+            return body[pos] >> 3
+        return _varint(body, pos)[0] >> 3
     except IndexError:
         return None
-    return tag >> 3
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
