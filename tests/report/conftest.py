@@ -4,6 +4,9 @@ Variants follow TRL's benchmark: the baseline, step-level grad accumulation, a b
 PEFT, with classic TRL's metric names and config key. One more baseline seed fails (exit code 1),
 one grad-accum seed is cut mid-file as if killed while writing, and one gpt2-xl seed never logs
 the KL. Every logged number is kept, so tests compare against what was logged, not what was read.
+
+Also here: `CloudStandIn`, the W&B server's GraphQL endpoint serving the same runs, for the cloud
+path (`wandb.Api` -> wandb-core -> HTTP).
 """
 
 from __future__ import annotations
