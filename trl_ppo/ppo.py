@@ -17,6 +17,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -190,8 +191,10 @@ def encode_queries(tokenizer: PreTrainedTokenizerBase, reviews: list[str], lengt
     return [seq[:n] for seq, n in zip(ids, lengths, strict=True)]
 
 
-def batches(n_rows: int, batch_size: int, n_steps: int, seed: int, rank: int, world: int):
+def batches(n_rows: int, batch_size: int, n_steps: int, seed: int, rank: int, world: int) -> Iterator[torch.Tensor]:
     """Row indices of each PPO step: shuffled epochs over the prompts, each process its own slice."""
+    if n_rows < world * batch_size:
+        raise ValueError(f"{n_rows} prompts are too few for {world} x batch_size {batch_size}")
     generator = torch.Generator().manual_seed(seed)
     step = 0
     while True:
@@ -203,8 +206,7 @@ def batches(n_rows: int, batch_size: int, n_steps: int, seed: int, rank: int, wo
             step += 1
 
 
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, seqs))
+def left_pad(seqs: list[list[int]], pad_id: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, seq in enumerate(seqs):
@@ -288,7 +290,9 @@ def train(args: Args) -> list[dict[str, float]]:
 
         # 1. Rollout: the whole batch generates at once from left-padded queries.
         queries = encode_queries(tokenizer, [reviews[i] for i in rows.tolist()], query_lengths[rows].tolist())
-        query_ids, query_mask = left_pad(queries, tokenizer.pad_token_id)
+        # Always the longest possible query's width: shapes stay the same from step to step, which a
+        # static KV cache and compiled kernels need to be reused.
+        query_ids, query_mask = left_pad(queries, tokenizer.pad_token_id, args.query_max_length - 1)
         query_ids, query_mask = query_ids.to(device), query_mask.to(device)
         with torch.no_grad(), autocast:
             sequences = policy.lm.generate(
@@ -432,6 +436,8 @@ def train(args: Args) -> list[dict[str, float]]:
         torch.save(policy.v_head.state_dict(), os.path.join(args.output_dir, "value_head.pt"))
     if run is not None:
         run.finish()
+    if world > 1:
+        dist.destroy_process_group()
     return history
 
 
