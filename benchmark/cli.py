@@ -124,8 +124,7 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
         raise PlanError(f"--workers must not be negative, got {args.workers}")
     jobs = expand(safe_variants, seed_list, args.seed_flag)
 
-    backend_name = "slurm" if args.backend == "slurm" or args.slurm_template_path else args.backend
-    backend_name = "local" if backend_name == "auto" else backend_name
+    backend_name = args.backend if args.backend != "auto" else ("slurm" if args.slurm_template_path else "local")
     if backend_name == "local" and args.workers == 0:
         for job in jobs:  # TRL's behaviour: print the commands, run nothing
             print(job.command)

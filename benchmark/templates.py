@@ -5,6 +5,7 @@ The variables and their meanings are listed at the top of templates/trl.slurm_te
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import shlex
@@ -110,6 +111,22 @@ def render(
 def _render_file(path: Path, values: dict[str, object]) -> str:
     if not path.is_file():
         raise TemplateError(f"template file not found: {path}")
+    template, free_names = _compile(path, path.stat().st_mtime_ns)
+    # Checked before rendering, so a variable in a branch not taken is caught too.
+    for name, line in free_names:
+        if name not in values and name not in template.environment.globals:
+            raise UndefinedVariableError(name, path, line, list(values))
+    try:
+        return template.render(values)
+    except jinja2.UndefinedError as error:  # e.g. a missing key of `env`
+        raise TemplateError(f"{path}:{_template_line(error, template.filename)}: {error}") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(path: Path, mtime_ns: int) -> tuple[jinja2.Template, list[tuple[str, int]]]:
+    """The compiled template and its free variables. A sweep renders one template per variant, twice
+    (dry-run check, then submission): compiling once saves most of that. Keyed on the file's mtime."""
+    del mtime_ns  # part of the cache key only: an edited template compiles anew
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(path.parent),
         undefined=jinja2.StrictUndefined,
@@ -118,20 +135,12 @@ def _render_file(path: Path, values: dict[str, object]) -> str:
         lstrip_blocks=True,
     )
     environment.filters["q"] = shlex.quote
-    source = path.read_text()
     try:
-        tree = environment.parse(source, path.name, str(path))
+        tree = environment.parse(path.read_text(), path.name, str(path))
         template = environment.get_template(path.name)
     except jinja2.TemplateSyntaxError as error:
         raise TemplateError(f"{path}:{error.lineno}: {error.message}") from None
-    # Checked before rendering, so a variable in a branch not taken is caught too.
-    for name, line in _free_names(tree):
-        if name not in values and name not in environment.globals:
-            raise UndefinedVariableError(name, path, line, list(values))
-    try:
-        return template.render(values)
-    except jinja2.UndefinedError as error:  # e.g. a missing key of `env`
-        raise TemplateError(f"{path}:{_template_line(error, template.filename)}: {error}") from None
+    return template, _free_names(tree)
 
 
 def _free_names(tree: jinja2.nodes.Template) -> list[tuple[str, int]]:
