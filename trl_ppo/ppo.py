@@ -414,6 +414,9 @@ def train(args: Args) -> list[dict[str, float]]:
         if device.type == "cuda":
             metrics["perf/peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         history.append(metrics)
+        if rank == 0:
+            print(f"step {step + 1}/{n_steps}: reward {metrics['env/reward_mean']:.3f}, kl {mean_kl:.3f}, "
+                  f"{metrics['perf/samples_per_s']:.1f} samples/s", flush=True)
 
         if run is not None:
             import wandb
