@@ -14,6 +14,7 @@ from benchmark.report.aggregate import Estimate, final_value, mean_ci95, series
 from benchmark.report.runs import BROKEN_STATES, FINISHED, RUNNING, Run, config_value
 
 REWARD, KL = "env/reward_mean", "objective/kl"
+SAMPLES_PER_S = "perf/samples_per_s"
 HEADERS = (
     "variant",
     "seeds done/expected",
@@ -119,7 +120,10 @@ def _final(runs: list[Run], metric: str, last_n: int) -> Estimate:
 
 
 def _samples_per_s(run: Run) -> float | None:
-    """Queries per second of the whole run: PPO steps x batch size / runtime."""
+    """Queries per second: the mean of what the run logged per step (our workload logs
+    `perf/samples_per_s`), else, for classic TRL runs, PPO steps x batch size / runtime."""
+    if SAMPLES_PER_S in run.history and run.history[SAMPLES_PER_S].notna().any():
+        return float(run.history[SAMPLES_PER_S].mean())
     batch_size = config_value(run.config, "batch_size")
     if not isinstance(batch_size, int) or not run.runtime or run.history.empty:
         return None
@@ -206,5 +210,6 @@ def print_table(rows: list[Row], console: Console) -> None:
 def _footnote(last_n: int) -> str:
     return (
         f"Final values: each run's mean over its last {last_n} logged steps, then mean ± Student-t 95% "
-        "CI over seeds. Runtime and samples/s: mean per run; GPU-hours: total."
+        "CI over seeds. Runtime and samples/s: mean over runs (samples/s as logged in "
+        f"{SAMPLES_PER_S}, else steps x batch size / runtime); GPU-hours: total over runs."
     )

@@ -74,10 +74,16 @@ def test_summary_numbers_equal_hand_computed_ones(sweep: Sweep, report_dir: Path
             assert float(row["kl_mean"]) == pytest.approx(by_hand(sweep, variant, "objective/kl", kl_seeds)[0])
         else:  # one seed: a value without an interval
             assert row["kl_ci95"] == "" and row["kl_n"] == "1"
-    # Samples/s: steps x batch size / runtime, per run, averaged over the seeds used.
+    # Samples/s without a logged throughput: steps x batch size / runtime, per run, averaged over seeds.
     runtimes = [offline.read_run(sweep.runs["sentiment_tuning", s].file)[0].runtime for s in sweep.seeds]
     expected = statistics.fmean(40 * 16 / r for r in runtimes)
     assert float(rows["sentiment_tuning"]["samples_per_s"]) == pytest.approx(expected)
+    # Where the runs logged their throughput, its mean per run, averaged over seeds.
+    logged = statistics.fmean(
+        statistics.fmean(r["perf/samples_per_s"] for r in sweep.runs["sentiment_tuning_peft", s].rows)
+        for s in sweep.seeds
+    )
+    assert float(rows["sentiment_tuning_peft"]["samples_per_s"]) == pytest.approx(logged)
 
 
 def test_crashed_runs_are_excluded_and_the_table_says_so(sweep: Sweep, report_dir: Path) -> None:
