@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,3 +76,36 @@ def test_run_dir_reports_missing_crashed_and_running_seeds(
 
 def test_not_a_run_dir(tmp_path: Path) -> None:
     assert main(["--run-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")]) == 2
+
+
+JOB = """
+import sys, wandb
+seed = int(sys.argv[sys.argv.index("--seed") + 1])
+# The harness hands the run its id, name and group through WANDB_RUN_ID, WANDB_NAME, WANDB_RUN_GROUP.
+run = wandb.init(project="harness", config={"trl_ppo_trainer_config": {"exp_name": "job", "seed": seed}})
+for step in range(20):
+    run.log({"env/reward_mean": step * seed, "objective/kl": 0.1 * step})
+run.finish(exit_code=1 if "--fail" in sys.argv else 0)
+sys.exit(1 if "--fail" in sys.argv else 0)
+"""
+
+
+def test_report_on_a_sweep_run_by_the_harness(offline_env: Path, tmp_path: Path) -> None:
+    """The real harness runs jobs that log with the real wandb; the report finds each job's run."""
+    script = tmp_path / "job.py"
+    script.write_text(JOB)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_DIR"}  # runs land in the jobs' ./wandb
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    run_dir = tmp_path / "sweep"
+    launch = [sys.executable, "-m", "benchmark", "--num-seeds", "2", "--workers", "2", "--run-dir", str(run_dir),
+              "--command", f"ok=python {script}", "--command", f"bad=python {script} --fail"]  # fmt: skip
+    subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 4
+
+    out = tmp_path / "out"
+    assert main(["--run-dir", str(run_dir), "--output-dir", str(out)]) == 0
+    with open(out / "summary.csv") as f:
+        rows = {row["variant"]: row for row in csv.DictReader(f)}
+    assert (rows["ok"]["seeds_done"], rows["ok"]["seeds_expected"], rows["ok"]["reward_n"]) == ("2", "2", "2")
+    assert float(rows["ok"]["reward_mean"]) == pytest.approx((1 + 2) / 2 * sum(range(10, 20)) / 10)
+    assert (rows["bad"]["seeds_done"], rows["bad"]["seeds_crashed"], rows["bad"]["reward_n"]) == ("0", "2", "0")
