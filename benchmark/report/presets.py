@@ -15,7 +15,6 @@ from benchmark.report.runs import Run, config_value
 from benchmark.report.selection import exp_name
 
 Preset = Literal["baseline", "grad-accum", "model-size", "peft"]
-PRESETS: tuple[Preset, ...] = ("baseline", "grad-accum", "model-size", "peft")
 
 
 @dataclass(frozen=True)
