@@ -29,7 +29,7 @@ def reward_rise(history: list[dict[str, float]]) -> float:
 def test_reward_rises_with_kl_bounded(run_ppo, small: list[str], seed: int) -> None:
     # A target of 2 nats and a 10-step horizon make the controller act within the run.
     history = run_ppo(
-        *small, "--ppo_config.learning_rate", "3e-3", "--ppo_config.steps", str(16 * STEPS), "--seed", str(seed),
+        *small, "--ppo_config.steps", str(16 * STEPS), "--seed", str(seed),
         "--ppo_config.target", "2", "--ppo_config.horizon", "160",
     )
     assert reward_rise(history) > MIN_RISE, [round(m["env/reward_mean"], 2) for m in history]
@@ -64,7 +64,7 @@ def test_peft_learns_with_few_trainable_parameters(run_ppo, small: list[str], tm
         use_peft=True, lora_r=16, lora_alpha=16, device=torch.device("cpu"),
     )
     trainable, total = trainable_fraction(policy)
-    assert reference is None and trainable / total < 0.02
+    assert reference is None and trainable / total < 0.01  # LoRA on c_attn + value head: about 0.25%
 
 
 @pytest.mark.slow
