@@ -18,6 +18,7 @@ import random
 import re
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -115,15 +116,16 @@ def write_run(variant: str, seed: int, *, exit_code: int = 0, steps: int = STEPS
     return logged
 
 
-@pytest.fixture(scope="session")
-def offline_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """WANDB_MODE=offline in a fresh WANDB_DIR for the whole session; wandb torn down after."""
-    wandb_dir = tmp_path_factory.mktemp("wandb")
+@contextmanager
+def offline_wandb(wandb_dir: Path) -> Iterator[None]:
+    """WANDB_MODE=offline into `wandb_dir` while inside; after, wandb torn down (its files complete)
+    and the environment as it was, so that no other test sees these settings."""
     saved = {k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_DIR", "WANDB_SILENT")}
     os.environ.update(WANDB_MODE="offline", WANDB_DIR=str(wandb_dir), WANDB_SILENT="true")
     try:
-        yield wandb_dir
+        yield
     finally:
+        # wandb-core may still be flushing after finish() returns; teardown waits for the files.
         wandb.teardown()
         for key, value in saved.items():
             if value is None:
@@ -133,15 +135,22 @@ def offline_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def sweep(offline_env: Path) -> Sweep:
-    runs = {(v, s): write_run(v, s) for v in VARIANTS for s in SEEDS}
-    runs[FAILED] = write_run(*FAILED, exit_code=1)
-    runs[TRUNCATED] = write_run(*TRUNCATED)
-    # wandb-core may still be flushing after finish() returns; only teardown waits for the files.
-    wandb.teardown()
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+    wandb_dir = tmp_path_factory.mktemp("wandb")
+    with offline_wandb(wandb_dir):
+        runs = {(v, s): write_run(v, s) for v in VARIANTS for s in SEEDS}
+        runs[FAILED] = write_run(*FAILED, exit_code=1)
+        runs[TRUNCATED] = write_run(*TRUNCATED)
     with open(runs[TRUNCATED].file, "r+b") as f:
         f.truncate(TRUNCATE_AT)
-    return Sweep(offline_env, runs)
+    return Sweep(wandb_dir, runs)
+
+
+@pytest.fixture
+def offline_dir(tmp_path: Path) -> Iterator[Path]:
+    """A test's own WANDB_DIR, offline, for runs it writes itself."""
+    with offline_wandb(tmp_path / "wandb-runs"):
+        yield tmp_path / "wandb-runs"
 
 
 class CloudStandIn(ThreadingHTTPServer):

@@ -90,11 +90,11 @@ sys.exit(1 if "--fail" in sys.argv else 0)
 """
 
 
-def test_report_on_a_sweep_run_by_the_harness(offline_env: Path, tmp_path: Path) -> None:
+def test_report_on_a_sweep_run_by_the_harness(tmp_path: Path) -> None:
     """The real harness runs jobs that log with the real wandb; the report finds each job's run."""
     script = tmp_path / "job.py"
     script.write_text(JOB)
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_DIR"}  # runs land in the jobs' ./wandb
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # runs land in the jobs' ./wandb
     env.update(WANDB_MODE="offline", WANDB_SILENT="true")
     run_dir = tmp_path / "sweep"
     launch = [sys.executable, "-m", "benchmark", "--num-seeds", "2", "--workers", "2", "--run-dir", str(run_dir),
