@@ -60,8 +60,11 @@ class _Log:
     damage: Damage | None = None
 
 
-def read_records(path: Path) -> _Log:
-    """Every intact record of a `.wandb` file, still serialized, and where the file is damaged."""
+def read_records(path: Path, skip: frozenset[int] = frozenset()) -> _Log:
+    """Every intact record of a `.wandb` file, still serialized, and where the file is damaged.
+
+    Records whose payload field number is in `skip` are stepped over unread (their checksum too).
+    """
     data = path.read_bytes()
     log = _Log()
     if not data.startswith(_MAGIC):
@@ -88,6 +91,9 @@ def read_records(path: Path) -> _Log:
         if pos > end:
             log.damage = Damage(path, record_start, "file ends inside a record")
             break
+        if kind == _FULL and skip and _record_field(data, body_start) in skip:
+            record_start = pos
+            continue
         body = data[body_start:pos]
         if crc32(body, _TYPE_CRC[kind]) != crc:
             log.damage = Damage(path, record_start, "checksum mismatch")
@@ -115,7 +121,7 @@ def read_run(path: Path) -> tuple[Run, Damage | None]:
     """One offline run from its `.wandb` file (or the `offline-run-*` folder holding it)."""
     if path.is_dir():
         path = _run_file(path)
-    log = read_records(path)
+    log = read_records(path, skip=frozenset({_SUMMARY_FIELD}))  # see LazySummary
     history: list[bytes] = []
     config: dict[str, Any] = {}
     meta: dict[str, Any] = {}
@@ -227,7 +233,7 @@ def _apply_items(target: dict[str, Any], change: pb.ConfigRecord | pb.SummaryRec
         node.pop(last, None)
 
 
-def _record_field(body: bytes) -> int | None:
+def _record_field(body: bytes, pos: int = 0) -> int | None:
     """The field number of the record's payload (history, summary, ...) read off its first bytes,
     so that records the report skips are never decoded; None when the bytes make no sense.
 
@@ -235,9 +241,8 @@ def _record_field(body: bytes) -> int | None:
     then the payload's tag, whose upper bits are its field number.
     """
     try:
-        pos = 0
-        if body[0] == 0x08:  # `num`, wire type varint: skip its tag and its bytes
-            pos = 1
+        if body[pos] == 0x08:  # `num`, wire type varint: skip its tag and its bytes
+            pos += 1
             while body[pos] & 0x80:
                 pos += 1
             pos += 1
