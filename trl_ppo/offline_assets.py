@@ -120,9 +120,11 @@ def build_policy(texts: list[str], tokenizer: PreTrainedTokenizerFast, folder: P
     The fit is brief: the full-vocabulary softmax dominates CPU time. It is started from the corpus'
     unigram distribution (see below), so the brief fit goes into context rather than word counts.
     """
+    # A random subset: the file lists all negative reviews first.
     n_fit = args.policy_steps * args.batch_size
+    rows = torch.randperm(len(texts), generator=torch.Generator().manual_seed(args.seed))[:n_fit].tolist()
     # The first 300 characters hold the first `policy_context` tokens of all but pathological reviews.
-    ids = tokenizer([t[:300] for t in texts[:n_fit]])["input_ids"]
+    ids = tokenizer([texts[r][:300] for r in rows])["input_ids"]
     inputs, mask = token_batches(ids, args.policy_context, tokenizer.eos_token_id)
 
     torch.manual_seed(args.seed)
