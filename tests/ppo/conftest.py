@@ -66,7 +66,8 @@ def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     wandb.teardown()
 
 
-def user_flags(assets: Path) -> list[str]:
+@pytest.fixture
+def stand_in_flags(assets: Path) -> list[str]:
     """The flags a user passes to run on the stand-ins: the same path as hub names."""
     return [
         "--ppo_config.model_name", str(assets / "gpt2-imdb"),
@@ -85,10 +86,10 @@ def small() -> list[str]:
 
 
 @pytest.fixture
-def run_ppo(assets: Path):
+def run_ppo(stand_in_flags: list[str]):
     """Parse CLI flags exactly as `python -m trl_ppo.ppo` does, on the stand-ins, and train."""
 
     def run(*flags: str) -> list[dict[str, float]]:
-        return train(parse([*user_flags(assets), *flags]))
+        return train(parse([*stand_in_flags, *flags]))
 
     return run

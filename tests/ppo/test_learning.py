@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,19 @@ def test_optional_paths_run(run_ppo, small: list[str]) -> None:
     )
     assert metrics["objective/kl_coef"] == 0.1
     assert all(math.isfinite(v) for v in metrics.values()), metrics
+
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun(stand_in_flags: list[str], tmp_path: Path) -> None:
+    """DDP as under `accelerate launch`, here on CPU (gloo): each process its own rollouts, one update."""
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "trl_ppo.ppo",
+         *stand_in_flags, "--ppo_config.batch_size", "8", "--ppo_config.mini_batch_size", "4",
+         "--ppo_config.gradient_accumulation_steps", "2", "--ppo_config.steps", "16", "--max_new_tokens", "4",
+         "--output_dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("step 2/2") == 1  # only rank 0 reports
+    assert (tmp_path / "model.safetensors").exists()
