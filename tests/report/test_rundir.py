@@ -97,8 +97,9 @@ def test_report_on_a_sweep_run_by_the_harness(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}  # runs land in the jobs' ./wandb
     env.update(WANDB_MODE="offline", WANDB_SILENT="true")
     run_dir = tmp_path / "sweep"
+    job = f"{sys.executable} {script}"  # this interpreter: a bare `python` on PATH may lack wandb
     launch = [sys.executable, "-m", "benchmark", "--num-seeds", "2", "--workers", "2", "--run-dir", str(run_dir),
-              "--command", f"ok=python {script}", "--command", f"bad=python {script} --fail"]  # fmt: skip
+              "--command", f"ok={job}", "--command", f"bad={job} --fail"]  # fmt: skip
     subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, timeout=300)
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 4
 
