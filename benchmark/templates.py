@@ -59,6 +59,7 @@ def render(
     env: Mapping[str, str] | None = None,
     secret_env: Sequence[str] = (),
     seed_flag: str = "--seed",
+    wandb_run_id_prefix: str = "",
 ) -> str:
     """The batch script for one variant: a job array with one task per seed.
 
@@ -103,6 +104,7 @@ def render(
         "env": env,
         "secret_env": list(secret_env),
         "seed_flag": seed_flag,
+        "wandb_run_id_prefix": wandb_run_id_prefix,
         "exit_dir": str(Path(run_dir) / EXIT_DIR),
     }
     return _render_file(path, values)

@@ -9,6 +9,7 @@ exit-code files that every task writes.
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 import time
 from collections.abc import Callable
@@ -57,6 +58,8 @@ def slurm_settings(
         "then": then,
         "wait": wait,
         "poll_interval": poll_interval,
+        # Tasks name their W&B runs <prefix>-<job>-<task>: unique across sweeps and clusters.
+        "wandb_run_id_prefix": "bm" + secrets.token_hex(3),
     }
 
 
@@ -86,6 +89,7 @@ def _script(manifest_dir: Path, plan: dict[str, Any], variant: str, seeds: list[
             job_name=variant, partition=settings["partition"], time=settings["time"], mem=settings["mem"],
             extra_sbatch=settings["extra"], setup=settings["setup"], env=env,
             secret_env=referenced_secrets(command), seed_flag=plan["seed_flag"],
+            wandb_run_id_prefix=settings["wandb_run_id_prefix"],
         )
     except (TemplateError, ValueError) as error:
         raise PlanError(str(error)) from None
@@ -144,6 +148,7 @@ class SlurmBackend(Backend):
             for index, record in enumerate(group):
                 record.slurm_id, record.state = f"{job_id}_{index}", PENDING
                 record.log = f"logs/{variant}_{job_id}_{index}.out"
+                record.wandb_id = f"{settings['wandb_run_id_prefix']}-{job_id}-{index}"
             manifest.save(*group)
             submitted.append(job_id)
             console.print(f"{variant}: submitted job array {job_id} ({len(group)} tasks), script {path}")

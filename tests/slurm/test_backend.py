@@ -36,7 +36,7 @@ def cwd(tmp_path: Path) -> Path:
 
 
 def test_five_seed_array_completes_and_each_log_names_its_seed(cwd: Path) -> None:
-    marker = "sh -c 'date +%s.%N > ended-$2; echo my seed is $2' task"
+    marker = "sh -c 'date +%s.%N > ended-$2; echo my seed is $2, my wandb run $WANDB_RUN_ID' task"
     result = sweep(cwd, "--command", f"five={marker}", "--num-seeds", "5", "--workers", "2", "--wait",
                    "--then", "date +%s.%N > then-ran")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -47,7 +47,8 @@ def test_five_seed_array_completes_and_each_log_names_its_seed(cwd: Path) -> Non
     for seed in range(1, 6):
         job = jobs[f"five/{seed}"]
         assert job["state"] == "COMPLETED" and job["exit_code"] == 0 and job["node"] in ("node1", "node2")
-        assert f"my seed is {seed}" in (cwd / "r" / job["log"]).read_text()
+        # The manifest knows each task's W&B run id, so a report can find its run.
+        assert f"my seed is {seed}, my wandb run {job['wandb_id']}" in (cwd / "r" / job["log"]).read_text()
     # The follow-up ran after every task had ended, not just the first.
     assert jobs["then"]["state"] == "COMPLETED"
     then_ran = float((cwd / "then-ran").read_text())
