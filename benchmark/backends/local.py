@@ -162,7 +162,7 @@ class LocalBackend(Backend):
         _terminate([r.pid for r in victims if r.pid], grace)
         for record in victims:
             record.state, record.end = CANCELLED, time.time()
-            manifest.save(record)
+        manifest.save(*victims)
         console.print(f"cancelled {len(victims)} running job(s)")
         return 0
 
