@@ -33,7 +33,7 @@ LOST = "LOST"
 # Slurm refused the submission; the job never existed on the cluster.
 NOT_SUBMITTED = "NOT_SUBMITTED"
 
-# States after which nothing more will happen to a try (Slurm adds its own, e.g. TIMEOUT).
+# States in which a try may still change; any other state is final (Slurm adds its own, e.g. TIMEOUT).
 ACTIVE_STATES = {PENDING, RUNNING, "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
 
@@ -71,6 +71,15 @@ class JobRecord:
         if self.start is None:
             return None
         return (self.end or time.time()) - self.start
+
+    def end_from_exit_file(self, path: Path) -> bool:
+        """Take the exit code the job itself wrote when it ended; False while there is none."""
+        try:
+            code, end = int(path.read_text()), path.stat().st_mtime
+        except (OSError, ValueError):
+            return False
+        self.state, self.exit_code, self.end = (COMPLETED if code == 0 else FAILED), code, end
+        return True
 
     def archive_try(self) -> None:
         """Keep this try's outcome in `tries` and reset the record for the next one."""
@@ -147,6 +156,8 @@ class Manifest:
     def save(self, *records: JobRecord, sync: bool = True) -> None:
         """Append the records' snapshots. A killed harness loses nothing once this returns; with
         `sync` the lines (and every line before them) also survive a crash of the machine."""
+        if not records:
+            return
         for record in records:
             self.jobs[record.id] = record
         data = "".join(json.dumps({"job": vars(record)}) + "\n" for record in records).encode()

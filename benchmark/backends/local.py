@@ -169,13 +169,8 @@ class LocalBackend(Backend):
 
 def _settle(run_dir: Path, record: JobRecord) -> None:
     """A RUNNING record whose process is gone: its exit file says how it ended, or it is LOST."""
-    try:
-        record.exit_code = int(exit_path(run_dir, record).read_text())
-    except (OSError, ValueError):
+    if not record.end_from_exit_file(exit_path(run_dir, record)):
         record.state = LOST
-        return
-    record.state = COMPLETED if record.exit_code == 0 else FAILED
-    record.end = exit_path(run_dir, record).stat().st_mtime
 
 
 def _terminate(pids: list[int], grace: float) -> None:

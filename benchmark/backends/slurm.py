@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.backends import Backend, BackendError
-from benchmark.manifest import ACTIVE_STATES, CANCELLED, COMPLETED, FAILED, NOT_SUBMITTED, PENDING, JobRecord, Manifest
+from benchmark.manifest import ACTIVE_STATES, CANCELLED, COMPLETED, NOT_SUBMITTED, PENDING, JobRecord, Manifest
 from benchmark.plan import PlanError
 from benchmark.redact import Redactor, referenced_secrets
 from benchmark.tags import merge_wandb_tags
@@ -63,7 +63,7 @@ def slurm_settings(
     }
 
 
-def _run(argv: list[str], cwd: str | None = None) -> str:
+def run_slurm(argv: list[str], cwd: str | None = None) -> str:
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT_S, cwd=cwd)
     except FileNotFoundError:
@@ -95,7 +95,7 @@ def _script(manifest_dir: Path, plan: dict[str, Any], variant: str, seeds: list[
         raise PlanError(str(error)) from None
 
 
-def _by_variant(records: list[JobRecord]) -> dict[str, list[JobRecord]]:
+def by_variant(records: list[JobRecord]) -> dict[str, list[JobRecord]]:
     """The array tasks of each variant (the follow-up job is no array task)."""
     groups: dict[str, list[JobRecord]] = {}
     for record in records:
@@ -116,7 +116,7 @@ class SlurmBackend(Backend):
 
     def describe(self, run_dir: Path, plan: dict[str, Any], records: list[JobRecord]) -> str:
         parts = []
-        for variant, group in _by_variant(records).items():
+        for variant, group in by_variant(records).items():
             seeds = [r.seed for r in group]
             parts.append(f"# {variant}: job array over seeds {seeds}, script {run_dir / 'scripts' / variant}.sh")
             parts.append(_script(run_dir, plan, variant, seeds))
@@ -129,15 +129,15 @@ class SlurmBackend(Backend):
         records = [manifest.jobs[i] for i in ids if i != THEN]
         # Render everything first: a template error must stop the launch before any submission.
         scripts = {v: _script(manifest.run_dir, manifest.plan, v, [r.seed for r in g])
-                   for v, g in _by_variant(records).items()}
+                   for v, g in by_variant(records).items()}
         (manifest.run_dir / "scripts").mkdir(exist_ok=True)
         (manifest.run_dir / "logs").mkdir(exist_ok=True)
         submitted, refused = [], []
-        for variant, group in _by_variant(records).items():
+        for variant, group in by_variant(records).items():
             path = manifest.run_dir / "scripts" / f"{variant}-{int(time.time() * 1000)}.sh"
             path.write_text(scripts[variant])
             try:
-                job_id = _run(["sbatch", "--parsable", "--hold", str(path)], cwd=manifest.plan["cwd"])
+                job_id = run_slurm(["sbatch", "--parsable", "--hold", str(path)], cwd=manifest.plan["cwd"])
             except SlurmError as error:
                 for record in group:
                     record.state, record.message = NOT_SUBMITTED, str(error)
@@ -156,7 +156,7 @@ class SlurmBackend(Backend):
         if submitted and then and then.id in ids:
             self._submit_then(manifest, then, submitted)
         if submitted:
-            _run(["scontrol", "release", ",".join(submitted)])
+            run_slurm(["scontrol", "release", ",".join(submitted)])
         for line in refused:
             error_console.print(f"error: not submitted: {line}", markup=False)
         code = 1 if refused else 0
@@ -167,7 +167,7 @@ class SlurmBackend(Backend):
 
     def _submit_then(self, manifest: Manifest, then: JobRecord, after: list[str]) -> None:
         out = manifest.run_dir / "logs" / "then_%j.out"
-        job_id = _run(
+        job_id = run_slurm(
             ["sbatch", "--parsable", "--hold", f"--dependency=afterany:{':'.join(after)}", "--job-name=then",
              f"--output={out}", "--wrap", then.command],
             cwd=manifest.plan["cwd"],
@@ -209,7 +209,7 @@ class SlurmBackend(Backend):
             return None
         notes = []
         try:
-            _run(["scontrol", "ping"])
+            run_slurm(["scontrol", "ping"])
         except SlurmError as error:
             notes.append(f"the Slurm controller is unreachable ({error}); states may be stale")
         try:
@@ -225,7 +225,7 @@ class SlurmBackend(Backend):
         if not arrays:
             console.print("nothing to cancel: no task of this run is pending or running")
             return 0
-        _run(["scancel", *arrays])
+        run_slurm(["scancel", *arrays])
         for record in active:
             record.state, record.end = CANCELLED, record.end or time.time()
         manifest.save(*active)
@@ -235,7 +235,7 @@ class SlurmBackend(Backend):
 
 def _apply_sacct(manifest: Manifest, records: list[JobRecord]) -> None:
     arrays = sorted({r.slurm_id.split("_")[0] for r in records if r.slurm_id})
-    out = _run(["sacct", "-X", "--parsable2", "-o", _SACCT_FIELDS, "-j", ",".join(arrays)])
+    out = run_slurm(["sacct", "-X", "--parsable2", "-o", _SACCT_FIELDS, "-j", ",".join(arrays)])
     # Imported here: submitit adds ~0.1 s to every start-up, and submitting needs no sacct.
     from submitit.slurm.slurm import SlurmInfoWatcher
 
@@ -256,7 +256,7 @@ def _apply_sacct(manifest: Manifest, records: list[JobRecord]) -> None:
 
 def _squeue_states(records: list[JobRecord]) -> dict[str, tuple[str, str]]:
     arrays = sorted({r.slurm_id.split("_")[0] for r in records if r.slurm_id})
-    out = _run(["squeue", "-h", "-r", "-o", "%i|%T|%N", "-j", ",".join(arrays)])
+    out = run_slurm(["squeue", "-h", "-r", "-o", "%i|%T|%N", "-j", ",".join(arrays)])
     states = {}
     for line in out.splitlines():
         job_id, state, node = line.split("|")
@@ -273,13 +273,8 @@ def _apply_exit_files(manifest: Manifest, records: list[JobRecord], queued: dict
         job_id, _, index = (record.slurm_id or "").partition("_")
         if not index:
             continue  # the follow-up job is no array task and writes no exit file
-        path = exit_file(manifest.run_dir, job_id, int(index))
-        try:
-            record.exit_code = int(path.read_text())
-        except (OSError, ValueError):
-            continue  # neither queued nor ended as far as we can see: keep what we knew
-        record.state = COMPLETED if record.exit_code == 0 else FAILED
-        record.end = path.stat().st_mtime
+        # Neither queued nor, without an exit file, ended as far as we can see: keep what we knew.
+        record.end_from_exit_file(exit_file(manifest.run_dir, job_id, int(index)))
 
 
 def parse_job_id(out: str) -> str:

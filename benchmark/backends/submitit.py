@@ -24,12 +24,10 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from benchmark.backends.slurm import SlurmBackend, _by_variant, _run
+from benchmark.backends.slurm import SlurmBackend, by_variant, run_slurm
 from benchmark.manifest import (
     ACTIVE_STATES,
     CANCELLED,
-    COMPLETED,
-    FAILED,
     LOST,
     NOT_SUBMITTED,
     PENDING,
@@ -136,7 +134,7 @@ class SubmititBackend(SlurmBackend):
         parts = [f"# submitit, {cluster(settings)} executor, folder {run_dir / 'submitit'}"]
         if cluster(settings) == "slurm" and not settings["time"]:
             parts.append(f"# {_NO_TIME_NOTE}")
-        for variant, group in _by_variant(records).items():
+        for variant, group in by_variant(records).items():
             parameters = executor_parameters(settings, variant, len(group))
             parts.append(f"# {variant}: map_array over seeds {[r.seed for r in group]}, parameters {parameters}")
             parts.extend(record.command for record in group)
@@ -144,7 +142,7 @@ class SubmititBackend(SlurmBackend):
 
     def launch(self, manifest: Manifest, ids: list[str]) -> int:
         settings = manifest.plan["submitit"]
-        groups = _by_variant([manifest.jobs[i] for i in ids])
+        groups = by_variant([manifest.jobs[i] for i in ids])
         run_dir = manifest.run_dir.resolve()
         executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster=settings["cluster"])
         if executor.cluster == "slurm" and not settings["time"]:
@@ -176,7 +174,7 @@ class SubmititBackend(SlurmBackend):
             submitted.extend(record.slurm_id for record in group)
             console.print(f"{variant}: submitted {len(group)} task(s) through submitit ({jobs[0].job_id} ...)")
         if submitted and executor.cluster == "slurm":
-            _run(["scontrol", "release", ",".join(sorted({i.split("_")[0] for i in submitted}))])
+            run_slurm(["scontrol", "release", ",".join(sorted({i.split("_")[0] for i in submitted}))])
         for line in refused:
             error_console.print(f"error: not submitted: {line}", markup=False)
         code = 1 if refused else 0
@@ -226,11 +224,9 @@ def _refresh_local(manifest: Manifest) -> None:
     for record in manifest.jobs.values():
         if not record.slurm_id or record.state not in ACTIVE_STATES:
             continue
-        code = _exit_code(manifest, record)
-        if code is not None:
-            record.state, record.exit_code = (COMPLETED if code == 0 else FAILED), code
-            record.end = (manifest.run_dir / EXIT_DIR / record.slurm_id).stat().st_mtime
-        elif is_alive(record.pid, record.pid_start):
+        if record.end_from_exit_file(manifest.run_dir / EXIT_DIR / record.slurm_id):
+            continue
+        if is_alive(record.pid, record.pid_start):
             record.state = RUNNING
         else:
             record.state = LOST
