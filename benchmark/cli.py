@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 import tyro
 
@@ -24,14 +23,18 @@ from benchmark.plan import PlanError, Variant, expand, make_variants, seeds
 from benchmark.procs import claim_run_dir, live_harness
 from benchmark.redact import Redactor, referenced_secrets
 from benchmark.tags import auto_tags, git_commit, pr_number
-from benchmark.view import console, error_console, status_table
+from benchmark.view import say, say_error, status_table
 
 
+# The field types are spelled so that tyro checks the defaults without importing typeguard, which
+# would add a third to the start-up time of every launch: `Optional[X]`, not `X | None`, and a bare
+# `tuple` (of strings, to tyro) for the repeatable flags.
 @dataclass
 class LaunchArgs:
-    """Run a command across seeds (and variants), locally or on Slurm, and record every job."""
+    # No class docstring: tyro would run it through docstring_parser, a third of the parse time.
+    # The --help description is given to tyro.cli instead.
 
-    command: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    command: Annotated[tuple, tyro.conf.UseAppendAction] = ()
     """the command to run; repeat the flag for variants (`name=CMD` names one explicitly)"""
     num_seeds: int = 3
     """the number of seeds to run each command with"""
@@ -41,23 +44,23 @@ class LaunchArgs:
     """jobs at once (local pool); 0 prints the commands and runs nothing, as in TRL"""
     auto_tag: bool = True
     """add the git tag (and `pr-N` when known locally) to WANDB_TAGS"""
-    slurm_template_path: str | None = None
+    slurm_template_path: Optional[str] = None
     """a jinja2 Slurm template: submit job arrays with sbatch instead of running locally"""
-    slurm_gpus_per_task: int | None = 1
+    slurm_gpus_per_task: Optional[int] = 1
     """GPUs per Slurm task"""
-    slurm_total_cpus: int | None = 50
+    slurm_total_cpus: Optional[int] = 50
     """CPUs of one job, split over its GPUs (the template's cpus_per_gpu)"""
-    slurm_ntasks: int | None = 1
+    slurm_ntasks: Optional[int] = 1
     """Slurm tasks per job"""
-    slurm_nodes: int | None = None
+    slurm_nodes: Optional[int] = None
     """Slurm nodes per job"""
     seed_flag: str = "--seed"
     """the flag appended to each command with its seed"""
     dry_run: bool = False
     """print the plan (commands, GPUs, logs, rendered scripts) and start nothing"""
-    run_dir: Path | None = None
+    run_dir: Optional[Path] = None
     """where the manifest, logs and scripts go (default: runs/<UTC time>-<name>)"""
-    gpus: str | None = None
+    gpus: Optional[str] = None
     """GPU ids for the local pool, e.g. 0,1,2 (default: CUDA_VISIBLE_DEVICES, else nvidia-smi, else none)"""
     gpus_per_job: int = 1
     """GPUs each local job gets (when GPUs exist)"""
@@ -65,7 +68,7 @@ class LaunchArgs:
     """local jobs allowed to share one GPU"""
     max_retries: int = 0
     """run a failed job again up to this many times"""
-    pr: int | None = None
+    pr: Optional[int] = None
     """the pull request number to tag runs with (`pr-N`)"""
     grace_period: float = 10.0
     """seconds a stopped job gets between SIGTERM and SIGKILL"""
@@ -74,17 +77,17 @@ class LaunchArgs:
     same plan through submitit's executor (the --slurm-* flags apply, its own batch script replaces the template)"""
     submitit_cluster: Literal["auto", "slurm", "local"] = "auto"
     """submitit's executor: auto (Slurm where srun exists), slurm, or local"""
-    slurm_partition: str | None = None
+    slurm_partition: Optional[str] = None
     """Slurm partition (default: the cluster's default)"""
-    slurm_time: str | None = None
+    slurm_time: Optional[str] = None
     """Slurm time limit, e.g. 2:00:00"""
-    slurm_mem: str | None = None
+    slurm_mem: Optional[str] = None
     """Slurm memory per node, e.g. 64G"""
-    slurm_extra: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    slurm_extra: Annotated[tuple, tyro.conf.UseAppendAction] = ()
     """one more #SBATCH option, e.g. --constraint=h100 (repeatable)"""
-    slurm_setup: Annotated[tuple[str, ...], tyro.conf.UseAppendAction] = ()
+    slurm_setup: Annotated[tuple, tyro.conf.UseAppendAction] = ()
     """a shell line run before the command, e.g. 'module load cuda/12.1' (repeatable)"""
-    then: str | None = None
+    then: Optional[str] = None
     """Slurm: a follow-up command (e.g. the report) that runs after every task has ended"""
     wait: bool = False
     """Slurm: stay until every task has ended, with a live view; exit non-zero if any failed"""
@@ -100,9 +103,9 @@ class RunDirArgs:
 
 @dataclass
 class ResumeArgs(RunDirArgs):
-    workers: int | None = None
+    workers: Optional[int] = None
     """jobs at once (default: as launched)"""
-    max_retries: int | None = None
+    max_retries: Optional[int] = None
     """retries of a failed job (default: as launched)"""
 
 
@@ -134,7 +137,7 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
         "argv": [redactor.text(a) for a in argv],
         "cwd": os.getcwd(),
         "created": time.time(),
-        "host": socket.gethostname(),
+        "host": os.uname().nodename,
         "git_commit": git_commit(),
         "backend": backend_name,
         "variants": [{"name": v.name, "command": v.command} for v in safe_variants],
@@ -169,18 +172,18 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
     # Describing renders every script: a bad template stops here, before anything is written.
     description = backend.describe(run_dir, plan, records)
     if args.dry_run:
-        console.print(description, markup=False)
+        say(description)
         return 0
 
     manifest = Manifest.create(run_dir, plan, records)
-    console.print(f"run dir {run_dir}: {len(safe_variants)} variant(s) x {len(seed_list)} seed(s)")
+    say(f"run dir {run_dir}: {len(safe_variants)} variant(s) x {len(seed_list)} seed(s)")
     return _run(backend, manifest, [r.id for r in records])
 
 
 def _run(backend: Backend, manifest: Manifest, ids: list[str]) -> int:
     claim_run_dir(manifest.run_dir)
     code = backend.launch(manifest, ids)
-    console.print(f"status: benchmark status {manifest.run_dir}")
+    say(f"status: benchmark status {manifest.run_dir}")
     return code
 
 
@@ -192,9 +195,9 @@ def status(args: RunDirArgs) -> int:
     for record in records:
         counts[record.state] = counts.get(record.state, 0) + 1
     title = f"{args.run_dir}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    console.print(status_table(records, args.run_dir, title))
+    say(status_table(records, args.run_dir, title))
     if note:
-        console.print(note)
+        say(note)
     return 0
 
 
@@ -219,12 +222,12 @@ def resume(args: ResumeArgs) -> int:
     todo = [r for r in manifest.jobs.values() if _not_started(r)]
     still_running = [r.id for r in manifest.jobs.values() if r.state in ACTIVE_STATES and not _not_started(r)]
     if still_running:
-        console.print(f"left alone, still pending or running: {', '.join(still_running)}")
+        say(f"left alone, still pending or running: {', '.join(still_running)}")
     if not todo:
-        console.print(f"nothing to resume: {len(manifest.jobs) - len(still_running)} jobs completed")
+        say(f"nothing to resume: {len(manifest.jobs) - len(still_running)} jobs completed")
         return 0
     _warn_missing_secrets(manifest)
-    console.print(f"resuming {len(todo)} of {len(manifest.jobs)} jobs")
+    say(f"resuming {len(todo)} of {len(manifest.jobs)} jobs")
     return _run(backend, manifest, [r.id for r in todo])
 
 
@@ -241,7 +244,7 @@ def _warn_missing_secrets(manifest: Manifest) -> None:
         if name not in os.environ
     }
     if missing:
-        console.print(f"warning: the commands use {', '.join(sorted(missing))}, which this environment lacks")
+        say(f"warning: the commands use {', '.join(sorted(missing))}, which this environment lacks")
 
 
 def cancel(args: RunDirArgs) -> int:
@@ -249,6 +252,7 @@ def cancel(args: RunDirArgs) -> int:
     return get_backend(manifest.plan["backend"]).cancel(manifest)
 
 
+_LAUNCH_DESCRIPTION = "Run a command across seeds (and variants), locally or on Slurm, and record every job."
 _SUBCOMMANDS = {"status": (RunDirArgs, status), "resume": (ResumeArgs, resume), "cancel": (RunDirArgs, cancel)}
 
 
@@ -262,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in _SUBCOMMANDS:
             cls, handler = _SUBCOMMANDS[argv[0]]
             return handler(tyro.cli(cls, args=argv[1:], prog=f"benchmark {argv[0]}"))
-        return launch(tyro.cli(LaunchArgs, args=argv, prog="benchmark"), argv)
+        args = tyro.cli(LaunchArgs, args=argv, prog="benchmark", description=_LAUNCH_DESCRIPTION)
+        return launch(args, argv)
     except (PlanError, ManifestError, BackendError) as error:
-        error_console.print(f"error: {error}", markup=False)
+        say_error(f"error: {error}")
         return 2

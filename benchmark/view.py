@@ -2,26 +2,48 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-
-from rich.console import Console, Group
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from benchmark.manifest import ACTIVE_STATES, COMPLETED, PENDING, RUNNING, JobRecord
 from benchmark.redact import Redactor
 
-# Off a terminal (CI logs, pipes) rich would squeeze tables into 80 columns and cut the log paths.
-_WIDTH = None if sys.stdout.isatty() else 200
-console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
-error_console = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
+if TYPE_CHECKING:
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.table import Table
+
+# rich is imported only where it is used: on a terminal, and for tables. A sweep launched off a
+# terminal (CI, scripts, benchmarks) prints plain lines and is spared rich's import, a sixth of
+# its start-up time.
+ON_TERMINAL = sys.stdout.isatty()
 _STATE_STYLE = {COMPLETED: "green", RUNNING: "cyan", PENDING: "dim"}
 _LOG_TAIL_LINES = 15
+
+
+@functools.cache
+def rich_console() -> Console:
+    from rich.console import Console
+
+    # Off a terminal rich would squeeze tables into 80 columns and cut the log paths.
+    return Console(highlight=False, soft_wrap=True, width=None if ON_TERMINAL else 200)
+
+
+def say(message: object, style: str | None = None) -> None:
+    """Print a line (or a rich table) on stdout; text is never read as rich markup."""
+    if ON_TERMINAL or not isinstance(message, str):
+        rich_console().print(message, markup=False, style=style)
+    else:
+        print(message, flush=True)
+
+
+def say_error(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _duration(seconds: float | None) -> str:
@@ -43,7 +65,11 @@ class SweepView:
         self.records = records
         self.redactor = redactor
         self.started = time.time()
-        self.live: Live | None = Live(self, console=console, refresh_per_second=4) if console.is_terminal else None
+        self.live: Live | None = None
+        if ON_TERMINAL:
+            from rich.live import Live
+
+            self.live = Live(self, console=rich_console(), refresh_per_second=4)
 
     def __enter__(self) -> SweepView:
         if self.live:
@@ -59,16 +85,16 @@ class SweepView:
         ones, and only notable events (failures, retries) are printed above it."""
         if self.live and not notable:
             return
-        line = f"{time.strftime('%H:%M:%S')} {record.id} {self.redactor.text(what)}"
-        if self.live:
-            console.print(line, markup=False)
-        else:
-            print(line, flush=True)
+        say(f"{time.strftime('%H:%M:%S')} {record.id} {self.redactor.text(what)}")
 
     def counts(self) -> Counter[str]:
         return Counter(r.state for r in self.records)
 
     def __rich__(self) -> Group:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
         counts = self.counts()
         total, done = len(self.records), sum(n for s, n in counts.items() if s not in ACTIVE_STATES)
         elapsed = time.time() - self.started
@@ -90,6 +116,9 @@ class SweepView:
 
 
 def status_table(records: Iterable[JobRecord], run_dir: Path, title: str) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=title, title_justify="left")
     for column in ("variant", "seed", "state", "exit", "duration", "tries", "job id", "node", "log", "W&B run"):
         table.add_column(column)
@@ -124,9 +153,8 @@ def log_tail(path: Path, redactor: Redactor, lines: int = _LOG_TAIL_LINES) -> st
 def final_summary(records: list[JobRecord], run_dir: Path, redactor: Redactor, seconds: float) -> int:
     """The sweep's last words: how many completed, and the log tail of each that did not. Exit code."""
     failed = [r for r in records if r.state != COMPLETED]
-    console.print(f"{len(records) - len(failed)}/{len(records)} jobs completed in {seconds:.1f}s")
+    say(f"{len(records) - len(failed)}/{len(records)} jobs completed in {seconds:.1f}s")
     for record in failed:
-        console.print(f"\n{record.id} {record.state} (exit {record.exit_code}), log {run_dir / record.log}:",
-                      markup=False, style="red")
-        console.print(log_tail(run_dir / record.log, redactor), markup=False)
+        say(f"\n{record.id} {record.state} (exit {record.exit_code}), log {run_dir / record.log}:", style="red")
+        say(log_tail(run_dir / record.log, redactor))
     return 1 if failed else 0

@@ -23,7 +23,7 @@ from benchmark.plan import PlanError
 from benchmark.redact import Redactor, referenced_secrets
 from benchmark.tags import merge_wandb_tags
 from benchmark.templates import TemplateError, exit_file, render
-from benchmark.view import SweepView, console, error_console, final_summary
+from benchmark.view import SweepView, final_summary, say, say_error
 
 THEN = "then"  # the variant name of the follow-up job (`--then`)
 _TIMEOUT_S = 60
@@ -151,14 +151,14 @@ class SlurmBackend(Backend):
                 record.wandb_id = f"{settings['wandb_run_id_prefix']}-{job_id}-{index}"
             manifest.save(*group)
             submitted.append(job_id)
-            console.print(f"{variant}: submitted job array {job_id} ({len(group)} tasks), script {path}")
+            say(f"{variant}: submitted job array {job_id} ({len(group)} tasks), script {path}")
         then = manifest.jobs.get(THEN)
         if submitted and then and then.id in ids:
             self._submit_then(manifest, then, submitted)
         if submitted:
             run_slurm(["scontrol", "release", ",".join(submitted)])
         for line in refused:
-            error_console.print(f"error: not submitted: {line}", markup=False)
+            say_error(f"error: not submitted: {line}")
         code = 1 if refused else 0
         if settings["wait"] and submitted:
             waited = [r.id for r in records if r.slurm_id] + ([THEN] if then and then.slurm_id else [])
@@ -176,7 +176,7 @@ class SlurmBackend(Backend):
         then.slurm_id, then.state, then.log = job_id, PENDING, f"logs/then_{job_id}.out"
         manifest.save(then)
         after.append(job_id)
-        console.print(f"then: submitted job {job_id}, after {len(after) - 1} array(s)")
+        say(f"then: submitted job {job_id}, after {len(after) - 1} array(s)")
 
     def wait(self, manifest: Manifest, ids: list[str]) -> int:
         records = [manifest.jobs[i] for i in ids]
@@ -187,7 +187,7 @@ class SlurmBackend(Backend):
                     time.sleep(manifest.plan[self.name]["poll_interval"])
                     self._refresh_and_save(manifest, view.event)
         except KeyboardInterrupt:
-            console.print(f"stopped waiting; the jobs go on. Stop them with: benchmark cancel {manifest.run_dir}")
+            say(f"stopped waiting; the jobs go on. Stop them with: benchmark cancel {manifest.run_dir}")
             return 130
         return final_summary(records, manifest.run_dir, view.redactor, time.time() - view.started)
 
@@ -195,7 +195,7 @@ class SlurmBackend(Backend):
         before = {r.id: r.state for r in manifest.jobs.values()}
         note = self.refresh(manifest)
         if note:
-            console.print(note)
+            say(note)
         changed = [r for r in manifest.jobs.values() if r.state != before[r.id]]
         for record in changed:
             event(record, record.state.lower() + (f" (exit {record.exit_code})" if record.exit_code is not None
@@ -223,13 +223,13 @@ class SlurmBackend(Backend):
         active = [r for r in manifest.jobs.values() if r.slurm_id and r.state in ACTIVE_STATES]
         arrays = sorted({r.slurm_id.split("_")[0] for r in active if r.slurm_id})
         if not arrays:
-            console.print("nothing to cancel: no task of this run is pending or running")
+            say("nothing to cancel: no task of this run is pending or running")
             return 0
         run_slurm(["scancel", *arrays])
         for record in active:
             record.state, record.end = CANCELLED, record.end or time.time()
         manifest.save(*active)
-        console.print(f"cancelled {len(active)} task(s) in job(s) {', '.join(arrays)}")
+        say(f"cancelled {len(active)} task(s) in job(s) {', '.join(arrays)}")
         return 0
 
 

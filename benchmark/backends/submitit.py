@@ -39,7 +39,7 @@ from benchmark.plan import PlanError
 from benchmark.procs import is_alive, process_start
 from benchmark.tags import merge_wandb_tags
 from benchmark.templates import EXIT_DIR
-from benchmark.view import console, error_console
+from benchmark.view import say, say_error
 
 # Without --slurm-time, submitit asks Slurm for 5 minutes: a sweep should know it.
 _NO_TIME_NOTE = "no --slurm-time: submitit asks Slurm for its default limit, 5 minutes"
@@ -146,7 +146,7 @@ class SubmititBackend(SlurmBackend):
         run_dir = manifest.run_dir.resolve()
         executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster=settings["cluster"])
         if executor.cluster == "slurm" and not settings["time"]:
-            console.print(f"note: {_NO_TIME_NOTE}")
+            say(f"note: {_NO_TIME_NOTE}")
         env = {"BENCHMARK_RUN_DIR": str(run_dir)}
         if manifest.plan.get("wandb_tags"):
             env["WANDB_TAGS"] = merge_wandb_tags(os.environ.get("WANDB_TAGS", ""), manifest.plan["wandb_tags"])
@@ -172,11 +172,11 @@ class SubmititBackend(SlurmBackend):
                     record.pid_start = process_start(record.pid)
             manifest.save(*group)
             submitted.extend(record.slurm_id for record in group)
-            console.print(f"{variant}: submitted {len(group)} task(s) through submitit ({jobs[0].job_id} ...)")
+            say(f"{variant}: submitted {len(group)} task(s) through submitit ({jobs[0].job_id} ...)")
         if submitted and executor.cluster == "slurm":
             run_slurm(["scontrol", "release", ",".join(sorted({i.split("_")[0] for i in submitted}))])
         for line in refused:
-            error_console.print(f"error: not submitted: {line}", markup=False)
+            say_error(f"error: not submitted: {line}")
         code = 1 if refused else 0
         if settings["wait"] and submitted:
             code = max(code, self.wait(manifest, [r.id for g in groups.values() for r in g if r.slurm_id]))
@@ -208,7 +208,7 @@ class SubmititBackend(SlurmBackend):
                         os.kill(pid, signal.SIGTERM)
             record.state, record.end = CANCELLED, time.time()
         manifest.save(*running)
-        console.print(f"cancelled {len(running)} task(s)")
+        say(f"cancelled {len(running)} task(s)")
         return 0
 
 

@@ -57,6 +57,23 @@ def test_signal_stops_every_job_and_leaves_no_process(cwd: Path, signum: int) ->
     assert states == ["CANCELLED", "CANCELLED", "PENDING", "PENDING"]
 
 
+def test_jobs_get_sigterm_and_may_clean_up(cwd: Path) -> None:
+    # The harness blocks SIGINT/SIGTERM for itself while it starts jobs; the jobs must not inherit that.
+    tidy = (
+        f"tidy={sys.executable} -c \"import signal, sys, time; "
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(open('tidied', 'w').write('cleaned up') and 3)); "
+        "open('pids', 'w').write('1'); time.sleep(300)\""
+    )
+    harness = start_harness(cwd, "--command", tidy, "--num-seeds", "1", "--workers", "1", "--run-dir", "r",
+                            "--grace-period", "30")
+    wait_for(lambda: (cwd / "pids").exists(), what="the job")
+    began = time.monotonic()
+    harness.send_signal(signal.SIGINT)
+    harness.communicate(timeout=60)
+    assert time.monotonic() - began < 10, "the job only died at the end of the grace period: SIGTERM never reached it"
+    assert lines(cwd / "tidied") == ["cleaned", "up"]
+
+
 def test_job_ignoring_sigterm_is_killed_after_the_grace_period(cwd: Path) -> None:
     stubborn = "stubborn=sh -c 'trap \"\" TERM; echo $$ >> pids; while true; do sleep 0.1; done' job"
     harness = start_harness(cwd, "--command", stubborn, "--num-seeds", "1", "--workers", "1", "--run-dir", "r",
