@@ -178,10 +178,10 @@ def main() -> None:
                 walls.append(took)
                 cpus.append(cpu)
                 calls.append(len(spans))
-                # Before the first sbatch, inside sbatch, and after the last one until the harness exited.
-                before = spans[0][0] - started
-                inside = sum(end - begin for begin, end in spans)
-                phases.append((before, inside, took - (spans[-1][1] - started)))
+                # Before the first sbatch, from its start to the end of the last (calls may overlap), and
+                # after that until the harness exited.
+                first, last = min(begin for begin, _ in spans), max(end for _, end in spans)
+                phases.append((first - started, last - first, took - (last - started)))
                 if len(set(ids)) != tasks or not all(ids):
                     raise SystemExit(f"the manifest holds {len(set(filter(None, ids)))} job ids, not {tasks}")
                 if repeat < args.repeats - 1:
@@ -200,7 +200,7 @@ def main() -> None:
     print(f"  CPU: {statistics.median(cpus):.3f} s (the harness with its sbatch and git calls)")
     before, inside, after = (statistics.median(phase) for phase in zip(*phases, strict=True))
     print(f"  medians: {before:.3f} s before the first sbatch (Python start-up, imports, plan, rendering), "
-          f"{inside:.3f} s inside sbatch, {after:.3f} s after the last (release, exit)")
+          f"{inside:.3f} s from the first sbatch call to the end of the last, {after:.3f} s after (release, exit)")
     print(f"  last run: {len(files)}/{tasks} tasks ended ({failed} non-zero), the last {last_end:.1f} s after "
           f"the invocation started")
     print(f"naive, one sbatch per task: {sum(naive_times):.3f} s to submit {tasks} ({tasks} sbatch calls, "

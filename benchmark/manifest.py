@@ -167,6 +167,11 @@ class Manifest:
         if sync:
             os.fsync(self._fd)
 
+    def sync(self) -> None:
+        """Make every line saved so far survive a crash of the machine."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)

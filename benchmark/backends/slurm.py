@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,14 @@ def run_slurm(argv: list[str], cwd: str | None = None) -> str:
     return result.stdout
 
 
+def _sbatch_held(script: Path, cwd: str) -> str | SlurmError:
+    """Submit a script held; its job id, or Slurm's refusal (returned: other submissions go on)."""
+    try:
+        return parse_job_id(run_slurm(["sbatch", "--parsable", "--hold", str(script)], cwd=cwd))
+    except SlurmError as error:
+        return error
+
+
 def _script(manifest_dir: Path, plan: dict[str, Any], variant: str, seeds: list[int]) -> str:
     settings = plan["slurm"]
     command = next(v["command"] for v in plan["variants"] if v["name"] == variant)
@@ -132,29 +141,34 @@ class SlurmBackend(Backend):
                    for v, g in by_variant(records).items()}
         (manifest.run_dir / "scripts").mkdir(exist_ok=True)
         (manifest.run_dir / "logs").mkdir(exist_ok=True)
+        groups = by_variant(records)
+        paths = {}
+        for variant in groups:
+            paths[variant] = manifest.run_dir / "scripts" / f"{variant}-{int(time.time() * 1000)}.sh"
+            paths[variant].write_text(scripts[variant])
+        cwd = manifest.plan["cwd"]
         submitted, refused = [], []
-        for variant, group in by_variant(records).items():
-            path = manifest.run_dir / "scripts" / f"{variant}-{int(time.time() * 1000)}.sh"
-            path.write_text(scripts[variant])
-            try:
-                job_id = run_slurm(["sbatch", "--parsable", "--hold", str(path)], cwd=manifest.plan["cwd"])
-            except SlurmError as error:
-                for record in group:
-                    record.state, record.message = NOT_SUBMITTED, str(error)
-                manifest.save(*group)
-                refused.append(f"{variant}: {error}")
-                continue
-            job_id = parse_job_id(job_id)
-            for index, record in enumerate(group):
-                record.slurm_id, record.state = f"{job_id}_{index}", PENDING
-                record.log = f"logs/{variant}_{job_id}_{index}.out"
-                record.wandb_id = f"{settings['wandb_run_id_prefix']}-{job_id}-{index}"
-            manifest.save(*group)
-            submitted.append(job_id)
-            say(f"{variant}: submitted job array {job_id} ({len(group)} tasks), script {path}")
+        # All arrays are submitted at once: each sbatch mostly waits on slurmctld, so ten in parallel
+        # take little longer than one. They are held, so none starts before its ids are on disk.
+        with ThreadPoolExecutor(max_workers=min(len(groups), 16) or 1) as pool:
+            answers = pool.map(_sbatch_held, [paths[v] for v in groups], [cwd] * len(groups))
+            for (variant, group), answer in zip(groups.items(), answers, strict=True):
+                if isinstance(answer, SlurmError):
+                    for record in group:
+                        record.state, record.message = NOT_SUBMITTED, str(answer)
+                    refused.append(f"{variant}: {answer}")
+                else:
+                    for index, record in enumerate(group):
+                        record.slurm_id, record.state = f"{answer}_{index}", PENDING
+                        record.log = f"logs/{variant}_{answer}_{index}.out"
+                        record.wandb_id = f"{settings['wandb_run_id_prefix']}-{answer}-{index}"
+                    submitted.append(answer)
+                    say(f"{variant}: submitted job array {answer} ({len(group)} tasks), script {paths[variant]}")
+                manifest.save(*group, sync=False)
         then = manifest.jobs.get(THEN)
         if submitted and then and then.id in ids:
             self._submit_then(manifest, then, submitted)
+        manifest.sync()
         if submitted:
             run_slurm(["scontrol", "release", ",".join(submitted)])
         for line in refused:
@@ -174,7 +188,7 @@ class SlurmBackend(Backend):
         )
         job_id = parse_job_id(job_id)
         then.slurm_id, then.state, then.log = job_id, PENDING, f"logs/then_{job_id}.out"
-        manifest.save(then)
+        manifest.save(then, sync=False)
         after.append(job_id)
         say(f"then: submitted job {job_id}, after {len(after) - 1} array(s)")
 
