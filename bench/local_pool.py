@@ -8,8 +8,8 @@ machine, Python's start-up rather than the sleep dominates). For each, the whole
   - TRL's approach, the goal's baseline: tyro imported, then ThreadPoolExecutor + Popen(shlex.split(...)),
     nothing kept (0.37 s here for 200 x true, as the issue measured TRL at 0.39 s), and
   - TRL's script as released: argparse, `requests` imported, each job's output captured through pipes,
-as the median of --repeats runs, the overhead per job, and makespan / ideal makespan, where the ideal
-is ceil(jobs / workers) times one job's own duration measured alone.
+as the median of --repeats runs, the overhead per job (whole process / jobs), and the makespan (first
+job start to last job end) against the ideal: ceil(jobs / workers) times one job's duration alone.
 """
 
 from __future__ import annotations
@@ -31,19 +31,24 @@ SLEEP_JOB = f'{sys.executable} -c "import time; time.sleep(0.05)"'
 
 # TRL's benchmark/benchmark.py pool, minus its GitHub lookup: run and forget.
 TRL_POOL = """
-import shlex, subprocess, sys
+import shlex, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
 import tyro  # TRL's CLI imports it: part of its whole-process time
 
+spans = []  # not TRL's: when each job started and ended, for the makespan
+
 def run_experiment(command):
     print(f"running {command}")
+    start = time.time()
     assert subprocess.Popen(shlex.split(command)).wait() == 0  # raised in a worker thread, never seen
+    spans.append((start, time.time()))
 
 command, num_seeds, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 commands = [" ".join([command, "--seed", str(seed)]) for seed in range(1, num_seeds + 1)]
 with ThreadPoolExecutor(max_workers=workers) as executor:
     for command in commands:
         executor.submit(run_experiment, command)
+print("makespan", max(end for _, end in spans) - min(start for start, _ in spans))
 """
 
 # TRL's benchmark/benchmark.py as released (argparse, `requests` imported for its GitHub lookup, each
@@ -74,12 +79,17 @@ executor.shutdown(wait=True)
 
 
 def wall(argv: list[str], cwd: Path) -> float:
+    return timed(argv, cwd)[0]
+
+
+def timed(argv: list[str], cwd: Path) -> tuple[float, str]:
+    """Whole-process wall time, and what the process printed."""
     start = time.perf_counter()
     result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
     took = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{argv[:3]} failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return took
+    return took, result.stdout
 
 
 def ours(command: str, jobs: int, workers: int, cwd: Path) -> tuple[float, dict]:
@@ -98,8 +108,10 @@ def ours(command: str, jobs: int, workers: int, cwd: Path) -> tuple[float, dict]
     return took, records
 
 
-def trl(command: str, jobs: int, workers: int, cwd: Path) -> float:
-    return wall([sys.executable, "-c", TRL_POOL, command, str(jobs), str(workers)], cwd)
+def trl(command: str, jobs: int, workers: int, cwd: Path) -> tuple[float, float]:
+    """Whole-process wall time and makespan (first job start to last job end) of TRL's pool."""
+    took, out = timed([sys.executable, "-c", TRL_POOL, command, str(jobs), str(workers)], cwd)
+    return took, float(out.split()[-1])
 
 
 def trl_script(command: str, jobs: int, workers: int, cwd: Path) -> float:
@@ -123,26 +135,32 @@ def main() -> None:
         cwd = Path(tmp)
         for label, command in (("true", "true"), ("python sleep 50 ms", SLEEP_JOB)):
             # Interleave the two so both see the same machine load.
-            ours_runs, trl_runs, script_runs, makespans = [], [], [], []
+            ours_runs, trl_runs, script_runs, makespans, trl_makespans = [], [], [], [], []
             for _ in range(args.repeats):
                 took, records = ours(command, args.jobs, args.workers, cwd)
                 ours_runs.append(took)
                 makespans.append(max(r["end"] for r in records.values()) - min(r["start"] for r in records.values()))
-                trl_runs.append(trl(command, args.jobs, args.workers, cwd))
+                took, makespan = trl(command, args.jobs, args.workers, cwd)
+                trl_runs.append(took)
+                trl_makespans.append(makespan)
                 script_runs.append(trl_script(command, args.jobs, args.workers, cwd))
             ours_s, trl_s = statistics.median(ours_runs), statistics.median(trl_runs)
             script_s = statistics.median(script_runs)
             ideal = math.ceil(args.jobs / args.workers) * job_alone(command, cwd)
             print(f"\n{label}: one job alone {ideal / math.ceil(args.jobs / args.workers) * 1000:.1f} ms, "
                   f"ideal makespan {ideal:.2f} s")
-            print(f"  {'':22}{'whole process':>14}{'per job':>10}{'/ ideal':>9}")
-            print(f"  {'ours (logs+manifest)':22}{ours_s:>12.3f} s{ours_s / args.jobs * 1000:>7.2f} ms"
-                  f"{ours_s / ideal:>8.2f}x")
-            for name, took in (("TRL thread pool", trl_s), ("TRL's script as is", script_s)):
-                print(f"  {name:22}{took:>12.3f} s{took / args.jobs * 1000:>7.2f} ms{took / ideal:>8.2f}x")
-            print(f"  ours / TRL thread pool: {ours_s / trl_s:.2f}x, ours / TRL's script: {ours_s / script_s:.2f}x "
-                  "whole process; "
-                  f"ours from first start to last end: {statistics.median(makespans):.3f} s")
+            print(f"  {'':22}{'whole process':>14}{'per job':>10}{'makespan':>10}{'/ ideal':>9}")
+            rows = (
+                ("ours (logs+manifest)", ours_s, statistics.median(makespans)),
+                ("TRL thread pool", trl_s, statistics.median(trl_makespans)),
+                ("TRL's script as is", script_s, None),
+            )
+            for name, took, makespan in rows:
+                spans = f"{makespan:>8.3f} s{makespan / ideal:>8.2f}x" if makespan else f"{'-':>10}{'-':>9}"
+                print(f"  {name:22}{took:>12.3f} s{took / args.jobs * 1000:>7.2f} ms{spans}")
+            print(f"  ours / TRL thread pool: {ours_s / trl_s:.2f}x whole process, "
+                  f"{statistics.median(makespans) / statistics.median(trl_makespans):.2f}x makespan; "
+                  f"ours / TRL's script: {ours_s / script_s:.2f}x whole process")
 
 
 if __name__ == "__main__":
