@@ -24,7 +24,7 @@ from typing import Any
 import submitit
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 
-from benchmark.backends.slurm import SlurmBackend, by_variant, run_slurm
+from benchmark.backends.slurm import THEN, SlurmBackend, by_variant, run_slurm
 from benchmark.manifest import (
     ACTIVE_STATES,
     CANCELLED,
@@ -129,8 +129,8 @@ class SubmititBackend(SlurmBackend):
 
     def describe(self, run_dir: Path, plan: dict[str, Any], records: list[JobRecord]) -> str:
         settings = plan["submitit"]
-        if settings["then"]:
-            raise PlanError("--then needs --backend slurm: submitit's local executor knows no dependencies")
+        if settings["then"] and cluster(settings) == "local":
+            raise PlanError("--then needs Slurm: submitit's local executor knows no dependencies")
         parts = [f"# submitit, {cluster(settings)} executor, folder {run_dir / 'submitit'}"]
         if cluster(settings) == "slurm" and not settings["time"]:
             parts.append(f"# {_NO_TIME_NOTE}")
@@ -173,13 +173,18 @@ class SubmititBackend(SlurmBackend):
             manifest.save(*group)
             submitted.extend(record.slurm_id for record in group)
             say(f"{variant}: submitted {len(group)} task(s) through submitit ({jobs[0].job_id} ...)")
-        if submitted and executor.cluster == "slurm":
-            run_slurm(["scontrol", "release", ",".join(sorted({i.split("_")[0] for i in submitted}))])
+        arrays = sorted({i.split("_")[0] for i in submitted})
+        then = manifest.jobs.get(THEN)
+        if arrays and then and then.id in ids:
+            arrays.append(_submit_then(manifest, then, arrays))
+        if arrays and executor.cluster == "slurm":
+            run_slurm(["scontrol", "release", ",".join(arrays)])
         for line in refused:
             say_error(f"error: not submitted: {line}")
         code = 1 if refused else 0
         if settings["wait"] and submitted:
-            code = max(code, self.wait(manifest, [r.id for g in groups.values() for r in g if r.slurm_id]))
+            waited = [r.id for g in groups.values() for r in g if r.slurm_id]
+            code = max(code, self.wait(manifest, waited + ([THEN] if then and then.slurm_id else [])))
         return code
 
     def refresh(self, manifest: Manifest) -> str | None:
@@ -210,6 +215,23 @@ class SubmititBackend(SlurmBackend):
         manifest.save(*running)
         say(f"cancelled {len(running)} task(s)")
         return 0
+
+
+def _submit_then(manifest: Manifest, then: JobRecord, arrays: list[str]) -> str:
+    """The follow-up command as one more submitit job, held, after every array has ended."""
+    settings, run_dir = manifest.plan["submitit"], manifest.run_dir.resolve()
+    # A fresh executor: the arrays' parameters (GPUs, array parallelism) must not carry over.
+    executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster="slurm")
+    dependency = {"hold": True, "dependency": f"afterany:{':'.join(arrays)}"}
+    executor.update_parameters(
+        name=THEN, slurm_partition=settings["partition"], slurm_setup=settings["setup"],
+        slurm_additional_parameters=dependency | ({"time": settings["time"]} if settings["time"] else {}),
+    )
+    job = executor.submit(SeedCommand(manifest.plan["cwd"], str(run_dir / EXIT_DIR), {}), then.command)
+    then.slurm_id, then.state, then.log = job.job_id, PENDING, os.path.relpath(job.paths.stdout, run_dir)
+    manifest.save(then)
+    say(f"then: submitted job {job.job_id} through submitit, after {len(arrays)} array(s)")
+    return job.job_id
 
 
 def _exit_code(manifest: Manifest, record: JobRecord) -> int | None:

@@ -60,6 +60,21 @@ def test_a_three_seed_sweep_records_submitits_jobs_and_resumes_the_failed_seed(t
 
 
 @pytest.mark.slurm
+def test_then_runs_after_every_task_through_submitit(tmp_path: Path) -> None:
+    ended = "sh -c 'sleep 1; date +%s.%N > ended-$2' x"
+    assert launch(tmp_path, ended, 3, "--wait", "--then", "date +%s.%N > then-ran") == 0
+    jobs = records(tmp_path / "r")
+    assert jobs["then"]["state"] == "COMPLETED" and "_" not in jobs["then"]["slurm_id"]
+    then_ran = float((tmp_path / "then-ran").read_text())
+    assert all(then_ran >= float((tmp_path / f"ended-{seed}").read_text()) for seed in (1, 2, 3))
+
+
+def test_then_is_refused_on_the_local_executor(tmp_path: Path) -> None:
+    assert launch(tmp_path, "true", 1, "--submitit-cluster", "local", "--then", "true") == 2
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slurm
 def test_cancel_stops_the_sweeps_tasks(tmp_path: Path) -> None:
     assert launch(tmp_path, SLEEPY, 2) == 0
     wait_for(lambda: "RUNNING" in states(tmp_path), what="a task to run")
