@@ -5,7 +5,9 @@ for them any more, so this walks the file format itself. The format (as wandb 0.
 7-byte header `:W&B` + `<H 0xBEE1>` + `<B 0>`, then LevelDB-log blocks of 32 KiB counted from the
 start of the file. Each chunk is `<I crc><H length><B type>` + data, type FULL, or FIRST, MIDDLE...,
 LAST for a record split across blocks; a block's tail shorter than a chunk header is zero padding.
-Each whole record is a `wandb_internal_pb2.Record`.
+Each whole record is a `wandb_internal_pb2.Record`. The records, joined, parse as one message of a
+stand-in type that keeps each kind's payloads apart and serialized; those a report reads are then
+decoded with wandb's own types (history column-wise, see history_decode).
 
 A run killed mid-write leaves a torn or garbled tail: every record before the damage is kept and
 the damage is reported with file and byte offset, never raised, so one bad run cannot stop a report.
@@ -24,16 +26,20 @@ from typing import Any
 
 from wandb.proto import wandb_internal_pb2 as pb
 
-from benchmark.report.history_decode import decode_history
+from benchmark.report.history_decode import BYTES, decode_history, stand_in_types
 from benchmark.report.runs import CRASHED, FAILED, FINISHED, RUNNING, Run
 
 _MAGIC = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
 _BLOCK = 32 * 1024
 _CHUNK_HEADER = struct.Struct("<IHB")
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-_HISTORY_FIELD = pb.Record.DESCRIPTOR.fields_by_name["history"].number
-_SUMMARY_FIELD = pb.Record.DESCRIPTOR.fields_by_name["summary"].number
-_RUN_FIELD = pb.Record.DESCRIPTOR.fields_by_name["run"].number
+_KINDS = ("history", "summary", "run", "config", "environment", "exit")
+# A stand-in for `Record` that sorts the payloads of the records a report reads by kind, left
+# serialized: the records of a file, joined, are parsed in one C call (see history_decode).
+_Index = stand_in_types(
+    "record",
+    {"Index": {kind: (pb.Record.DESCRIPTOR.fields_by_name[kind].number, BYTES) for kind in _KINDS}},
+)["Index"]
 # The CRC of each chunk starts from the CRC of its type byte (as in LevelDB, but unmasked).
 _TYPE_CRC = {t: zlib.crc32(bytes([t])) for t in (_FULL, _FIRST, _MIDDLE, _LAST)}
 
@@ -60,11 +66,8 @@ class _Log:
     damage: Damage | None = None
 
 
-def read_records(path: Path, skip: frozenset[int] = frozenset()) -> _Log:
-    """Every intact record of a `.wandb` file, still serialized, and where the file is damaged.
-
-    Records whose payload field number is in `skip` are stepped over unread (their checksum too).
-    """
+def read_records(path: Path) -> _Log:
+    """Every intact record of a `.wandb` file, still serialized, and where the file is damaged."""
     data = path.read_bytes()
     log = _Log()
     if not data.startswith(_MAGIC):
@@ -91,9 +94,6 @@ def read_records(path: Path, skip: frozenset[int] = frozenset()) -> _Log:
         if pos > end:
             log.damage = Damage(path, record_start, "file ends inside a record")
             break
-        if kind == _FULL and skip and _record_field(data, body_start) in skip:
-            record_start = pos
-            continue
         body = data[body_start:pos]
         if crc32(body, _TYPE_CRC[kind]) != crc:
             log.damage = Damage(path, record_start, "checksum mismatch")
@@ -117,45 +117,43 @@ def read_records(path: Path, skip: frozenset[int] = frozenset()) -> _Log:
     return log
 
 
+def read_index(path: Path) -> tuple[Any, Damage | None]:
+    """The payloads of a file's records by kind (`_Index`), each list in file order, and the damage."""
+    log = read_records(path)
+    return _Index.FromString(b"".join(log.bodies)), log.damage
+
+
 def read_run(path: Path) -> tuple[Run, Damage | None]:
     """One offline run from its `.wandb` file (or the `offline-run-*` folder holding it)."""
     if path.is_dir():
         path = _run_file(path)
-    log = read_records(path, skip=frozenset({_SUMMARY_FIELD}))  # see LazySummary
-    history: list[bytes] = []
+    index, damage = read_index(path)
     config: dict[str, Any] = {}
     meta: dict[str, Any] = {}
-    exit_code: int | None = None
-    for body in log.bodies:
-        field_number = _record_field(body)
-        if field_number == _HISTORY_FIELD:
-            history.append(body)  # decoded all at once, below
-            continue
-        if field_number in (_SUMMARY_FIELD, None):
-            continue  # a summary is decoded only if asked for (see LazySummary); None: not a record
-        record = pb.Record.FromString(body)
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            meta = _run_meta(record.run)
-            _apply_items(config, record.run.config)
-        elif kind == "config":
-            _apply_items(config, record.config)
-        elif kind == "environment" and record.environment.gpu_count:
-            meta["gpu_count"] = record.environment.gpu_count
-        elif kind == "exit":
-            exit_code = record.exit.exit_code
+    # wandb writes the run record first (one per file, a resumed run starts a new file); config
+    # records update its config afterwards.
+    for body in index.run:
+        run_record = pb.RunRecord.FromString(body)
+        meta = _run_meta(run_record)
+        _apply_items(config, run_record.config)
+    for body in index.config:
+        _apply_items(config, pb.ConfigRecord.FromString(body))
+    for body in index.environment:
+        if gpu_count := pb.EnvironmentRecord.FromString(body).gpu_count:
+            meta["gpu_count"] = gpu_count
+    exit_code = pb.RunExitRecord.FromString(index.exit[-1]).exit_code if index.exit else None
     config.pop("_wandb", None)  # wandb's own bookkeeping, not the user's config
     run = Run(
         id=meta.get("id") or path.stem.removeprefix("run-"),
         name=meta.get("name") or path.parent.name,
-        state=_state(exit_code, log.damage, path),
+        state=_state(exit_code, damage, path),
         config=config,
         summary=LazySummary(path),
-        history=decode_history(history),
+        history=decode_history(list(index.history)),
         source=str(path),
         **{k: v for k, v in meta.items() if k not in ("id", "name")},
     )
-    return run, log.damage
+    return run, damage
 
 
 class LazySummary(Mapping[str, Any]):
@@ -174,10 +172,11 @@ class LazySummary(Mapping[str, Any]):
     def _decoded(self) -> dict[str, Any]:
         if self._data is None:
             self._data = {}
-            for body in read_records(self._path).bodies:
-                if _record_field(body) in (_SUMMARY_FIELD, _RUN_FIELD):
-                    record = pb.Record.FromString(body)
-                    _apply_items(self._data, record.summary if record.HasField("summary") else record.run.summary)
+            index, _ = read_index(self._path)
+            for body in index.run:
+                _apply_items(self._data, pb.RunRecord.FromString(body).summary)
+            for body in index.summary:
+                _apply_items(self._data, pb.SummaryRecord.FromString(body))
             self._data.pop("_wandb", None)
         return self._data
 
@@ -231,37 +230,6 @@ def _apply_items(target: dict[str, Any], change: pb.ConfigRecord | pb.SummaryRec
         for part in parents:
             node = node.get(part, {})
         node.pop(last, None)
-
-
-def _record_field(body: bytes, pos: int = 0) -> int | None:
-    """The field number of the record's payload (history, summary, ...) read off its first bytes,
-    so that records the report skips are never decoded; None when the bytes make no sense.
-
-    Protobuf writers emit fields in field-number order: an optional `num` (field 1, a varint),
-    then the payload's tag, whose upper bits are its field number.
-    """
-    try:
-        if body[pos] == 0x08:  # `num`, wire type varint: skip its tag and its bytes
-            pos += 1
-            while body[pos] & 0x80:
-                pos += 1
-            pos += 1
-        if body[pos] < 0x80:  # a one-byte tag: every payload numbered below 16
-            return body[pos] >> 3
-        return _varint(body, pos)[0] >> 3
-    except IndexError:
-        return None
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if byte < 0x80:
-            return value, pos
-        shift += 7
 
 
 def _run_meta(run: pb.RunRecord) -> dict[str, Any]:

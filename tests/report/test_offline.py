@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pandas as pd
 import pytest
 import wandb
+from wandb.proto import wandb_internal_pb2 as pb
 
 from benchmark.report import offline
-from benchmark.report.runs import CRASHED, FAILED, FINISHED
+from benchmark.report.runs import CRASHED, FAILED, FINISHED, history_frame, numbers_only
 
 WANDB_CLI = str(Path(sys.executable).parent / "wandb")
 
@@ -46,6 +48,35 @@ def test_histories_equal_what_was_logged(sweep: Sweep) -> None:
         assert (run.name, run.group, run.tags, run.project) == (logged.name, "sweep", ["report-test"], "trl")
         assert run.state == (FAILED if key == sweep.failed else FINISHED)
         assert ("objective/kl" in run.history) == (key != sweep.no_kl)
+
+
+def reference_history(path: Path) -> pd.DataFrame:
+    """A file's history decoded the slow, plain way: record by record, item by item, with wandb's own
+    `Record` and `json.loads`."""
+    rows = []
+    for body in offline.read_records(path).bodies:
+        record = pb.Record.FromString(body)
+        if record.HasField("history"):
+            items = {i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+            rows.append({k: float(v) for k, v in numbers_only(items).items()})  # every column a float
+    return history_frame(rows)
+
+
+def test_history_equals_item_by_item_decoding(sweep: Sweep, offline_dir: Path) -> None:
+    """The column-wise decoder against the reference: on the sweep (histograms and text beside the
+    numbers: the mixed path) and on a run of plain metrics only (the fast path), with the numbers
+    JSON writes specially, ints, and a metric logged at some steps only."""
+    run = wandb.init(project="plain", name="plain")
+    for step in range(300):
+        row = {"loss": 1 / (step + 1), "count": step, "odd": math.nan if step % 7 else math.inf}
+        run.log(row | ({"eval/score": -step * 0.5} if step % 10 == 0 else {}))
+    plain = Path(run.dir).parent / f"run-{run.id}.wandb"
+    run.finish()
+    wandb.teardown()
+    for path in [plain, *(logged.file for logged in sweep.runs.values())]:
+        expected = reference_history(path)
+        assert not expected.empty
+        pd.testing.assert_frame_equal(offline.read_run(path)[0].history, expected, check_like=True)
 
 
 def test_truncated_file_keeps_every_record_before_the_cut(sweep: Sweep) -> None:
