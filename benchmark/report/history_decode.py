@@ -14,12 +14,14 @@ merge every occurrence into one. So, with stand-in types that share wandb's fiel
    `RawItems`, each kept serialized: plain ones are picked out by their first bytes and parsed
    together as above, the rest decoded with wandb's own `HistoryItem`, one by one; there are few.
 
-Values are parsed as numbers in one vectorized pass; keys whose values never are (text, flags,
-histogram parts) get no column.
+Keys and values go from protobuf's lists to Arrow as bytes (no Python string per item); Arrow
+dictionary-encodes the keys and parses the values as numbers in one vectorized pass; keys whose
+values never are numbers (text, flags, histogram parts) get no column.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import compress
 
 import numpy as np
@@ -32,7 +34,7 @@ from wandb.proto import wandb_internal_pb2 as pb
 from benchmark.report.runs import sorted_by_step
 
 _PROTO = descriptor_pb2.FieldDescriptorProto
-BYTES, STRING = _PROTO.TYPE_BYTES, _PROTO.TYPE_STRING
+BYTES = _PROTO.TYPE_BYTES
 _ITEM = pb.HistoryRecord.DESCRIPTOR.fields_by_name["item"].number
 _ITEM_FIELDS = {
     name: pb.HistoryItem.DESCRIPTOR.fields_by_name[name].number for name in ["key", "nested_key", "value_json"]
@@ -48,7 +50,7 @@ _ROW_END = pb.HistoryRecord(item=[pb.HistoryItem(nested_key=[_ROW_END_KEY], valu
 
 def stand_in_types(name: str, messages: dict[str, dict[str, tuple[int, int | str]]]) -> dict[str, type[Message]]:
     """Message types made at run time: {message: {field: (number, type)}}, the type a scalar one
-    (`BYTES`, `STRING`) or the name of a message declared before it. A scalar field is repeated; a
+    (such as `BYTES`) or the name of a message declared before it. A scalar field is repeated; a
     message field is singular, so that all its occurrences merge into one message."""
     package = f"benchmark_report_{name}"
     file = descriptor_pb2.FileDescriptorProto(name=f"{package}.proto", package=package)
@@ -67,7 +69,7 @@ def stand_in_types(name: str, messages: dict[str, dict[str, tuple[int, int | str
 _TYPES = stand_in_types(
     "history",
     {
-        "ItemColumns": {field: (number, STRING) for field, number in _ITEM_FIELDS.items()},
+        "ItemColumns": {field: (number, BYTES) for field, number in _ITEM_FIELDS.items()},
         "AllItems": {"item": (_ITEM, "ItemColumns")},
         "RawItems": {"item": (_ITEM, BYTES)},
     },
@@ -79,19 +81,21 @@ def decode_history(records: list[bytes]) -> pd.DataFrame:
     if not records:
         return sorted_by_step(pd.DataFrame())
     joined = _ROW_END.join([*records, b""])
-    keys, values = _plain_items(joined) or _any_items(joined)
-    codes, names = pd.factorize(np.asarray(keys, dtype=object))
-    row_end = codes == names.tolist().index(_ROW_END_KEY)
+    # Arrow takes the bytes straight from protobuf's lists, without a Python string per item.
+    keys, values = (pa.array(column, type=pa.binary()) for column in _plain_items(joined) or _any_items(joined))
+    encoded = keys.dictionary_encode()
+    codes, names = encoded.indices.to_numpy(), [name.decode() for name in encoded.dictionary.to_pylist()]
+    row_end = codes == names.index(_ROW_END_KEY)
     row = np.cumsum(row_end)  # an item's row: how many rows ended before it (the markers are left out below)
     numbers, numeric = _as_numbers(values)
     numeric &= ~row_end
     table = np.full((len(records), len(names)), np.nan)
     table[row[numeric], codes[numeric]] = numbers[numeric]
     logged = np.bincount(codes[numeric], minlength=len(names)) > 0  # keys never numeric get no column
-    return sorted_by_step(pd.DataFrame(table[:, logged], columns=names[logged]))
+    return sorted_by_step(pd.DataFrame(table[:, logged], columns=list(compress(names, logged))))
 
 
-def _plain_items(joined: bytes) -> tuple[list[str], list[str]] | None:
+def _plain_items(joined: bytes) -> tuple[Sequence[bytes], Sequence[bytes]] | None:
     """Keys and JSON values of the items, or None unless every item is a plain metric.
 
     Every item has one `value_json` (JSON text is never empty) and, lacking an old-style `key`, at
@@ -100,7 +104,7 @@ def _plain_items(joined: bytes) -> tuple[list[str], list[str]] | None:
     items = _TYPES["AllItems"].FromString(joined).item
     if items.key or len(items.nested_key) != len(items.value_json):
         return None
-    return list(items.nested_key), list(items.value_json)
+    return items.nested_key, items.value_json
 
 
 def _any_items(joined: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -115,18 +119,18 @@ def _any_items(joined: bytes) -> tuple[np.ndarray, np.ndarray]:
         plain[:] = False
     for index in np.flatnonzero(~plain):
         item = pb.HistoryItem.FromString(items[index])
-        keys[index] = item.key or ".".join(item.nested_key)
-        values[index] = item.value_json
+        keys[index] = (item.key or ".".join(item.nested_key)).encode()
+        values[index] = item.value_json.encode()
     return keys, values
 
 
-def _as_numbers(values: list[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _as_numbers(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """JSON values -> floats, and which of them are numbers at all (text, lists and flags are not)."""
     try:  # Arrow's parser takes every JSON number (NaN and Infinity too) and nothing else, 3x numpy's speed
-        numbers = pa.array(values, type=pa.string()).cast(pa.float64()).to_numpy()
+        numbers = values.cast(pa.float64()).to_numpy()
         return numbers, np.ones(len(numbers), dtype=bool)
     except pa.ArrowInvalid:
-        texts = np.asarray(values, dtype=object)
+        texts = values.cast(pa.string()).to_numpy(zero_copy_only=False)
         numbers = pd.to_numeric(pd.Series(texts, dtype=object), errors="coerce").to_numpy(dtype=float)
         return numbers, ~np.isnan(numbers) | (texts == "NaN")  # JSON's NaN is a number that was logged
 
