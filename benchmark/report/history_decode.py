@@ -76,7 +76,7 @@ _TYPES = stand_in_types(
 )
 
 
-def decode_history(records: list[bytes]) -> pd.DataFrame:
+def decode_history(records: Sequence[bytes]) -> pd.DataFrame:
     """Serialized `HistoryRecord`s, in order -> a frame of their numeric values, one row each."""
     if not records:
         return sorted_by_step(pd.DataFrame())

@@ -149,7 +149,7 @@ def read_run(path: Path) -> tuple[Run, Damage | None]:
         state=_state(exit_code, damage, path),
         config=config,
         summary=LazySummary(path),
-        history=decode_history(list(index.history)),
+        history=decode_history(index.history),
         source=str(path),
         **{k: v for k, v in meta.items() if k not in ("id", "name")},
     )
