@@ -11,6 +11,7 @@ path (`wandb.Api` -> wandb-core -> HTTP).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -24,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import wandb
 
@@ -158,12 +161,14 @@ class CloudStandIn(ThreadingHTTPServer):
 
     It answers the GraphQL operations wandb 0.31 sends to list runs and scan their history, in the
     server's own response shapes (config entries wrapped as `{"value": ...}`, config and summary as
-    JSON text, history pages as one JSON text per row, no parquet export so that the row pages are
-    used), and serves each run's `wandb-metadata.json`. Its runs are the sweep's, as logged.
+    JSON text, history pages as one JSON text per row), and serves each run's `wandb-metadata.json`.
+    With `parquet`, it also offers each run's history as the server's parquet export (one file per
+    run, a column per key), which wandb reads instead of the row pages. Its runs are the sweep's.
     """
 
-    def __init__(self, sweep: Sweep) -> None:
+    def __init__(self, sweep: Sweep, parquet: bool = False) -> None:
         super().__init__(("127.0.0.1", 0), _CloudHandler)
+        self.parquet = parquet
         self.runs = {f"cloud{i}": logged for i, logged in enumerate(sweep.runs.values()) if logged.variant in VARIANTS}
         self.operations: list[tuple[str, dict[str, Any]]] = []  # what wandb asked, in order
 
@@ -202,7 +207,8 @@ class CloudStandIn(ThreadingHTTPServer):
         if operation == "RunHistoryKeys":
             return {"project": {"run": {"historyKeys": self.node(run)["historyKeys"]}}}
         if operation == "RunParquetHistory":
-            return {"project": {"run": {"parquetHistory": {"parquetUrls": [], "liveData": []}}}}
+            urls = [f"{self.url}/parquet/{run}.parquet"] if self.parquet else []
+            return {"project": {"run": {"parquetHistory": {"parquetUrls": urls, "liveData": []}}}}
         if operation == "HistoryPage":
             rows = [r for r in self.rows(run) if variables["minStep"] <= r["_step"] < variables["maxStep"]]
             return {"project": {"run": {"history": [json.dumps(r) for r in rows[: variables["pageSize"]]]}}}
@@ -218,6 +224,11 @@ class CloudStandIn(ThreadingHTTPServer):
     @staticmethod
     def metadata() -> bytes:
         return json.dumps({"gpu_count": 2, "gpu": "NVIDIA H100 80GB HBM3"}).encode()
+
+    def parquet_export(self, name: str) -> bytes:
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(self.rows(name)), sink)
+        return sink.getvalue()
 
 
 class _CloudHandler(BaseHTTPRequestHandler):
@@ -238,6 +249,9 @@ class _CloudHandler(BaseHTTPRequestHandler):
             self._reply(json.dumps({"errors": [{"message": str(error)}]}).encode())
 
     def do_GET(self) -> None:  # noqa: N802
+        self.server.operations.append(("GET", {"path": self.path}))
+        if self.path.startswith("/parquet/"):
+            return self._reply(self.server.parquet_export(self.path.removeprefix("/parquet/").removesuffix(".parquet")))
         self._reply(self.server.metadata() if self.path.endswith("/wandb-metadata.json") else b"", 200)
 
     def _reply(self, data: bytes, status: int = 200) -> None:
@@ -252,9 +266,12 @@ class _CloudHandler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def wandb_cloud(sweep: Sweep, monkeypatch: pytest.MonkeyPatch) -> Iterator[CloudStandIn]:
-    """The stand-in, running, with wandb pointed at it and online."""
-    server = CloudStandIn(sweep)
+def wandb_cloud(
+    sweep: Sweep, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[CloudStandIn]:
+    """The stand-in, running, with wandb pointed at it and online (parametrize indirectly with True
+    for the parquet export)."""
+    server = CloudStandIn(sweep, parquet=getattr(request, "param", False))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setenv("WANDB_BASE_URL", server.url)

@@ -68,6 +68,7 @@ def test_default_cache_is_outside_site_packages(monkeypatch) -> None:
     assert cloud.default_cache_dir() == Path("/somewhere/trl-benchmark/wandb")
 
 
+@pytest.mark.parametrize("wandb_cloud", [False, True], indirect=True, ids=["row pages", "parquet export"])
 def test_fetches_full_histories_through_wandb_api_then_serves_the_cache(
     sweep: Sweep, wandb_cloud: CloudStandIn, tmp_path: Path
 ) -> None:
@@ -77,7 +78,11 @@ def test_fetches_full_histories_through_wandb_api_then_serves_the_cache(
     asked = [op for op, _ in wandb_cloud.operations]
     runs_query = next(variables for op, variables in wandb_cloud.operations if op == "Runs")
     assert json.loads(runs_query["filters"]) == cloud.server_filters(filters)
-    assert asked.count("HistoryPage") == len(wandb_cloud.runs)  # every row, one page each, never sampled
+    exports = [v["path"] for op, v in wandb_cloud.operations if op == "GET" and v["path"].startswith("/parquet/")]
+    if wandb_cloud.parquet:  # wandb reads the export files, and asks for no row pages
+        assert len(exports) == len(wandb_cloud.runs) and "HistoryPage" not in asked
+    else:  # every row, one page each, never sampled
+        assert asked.count("HistoryPage") == len(wandb_cloud.runs) and not exports
     for run in runs:
         logged = wandb_cloud.runs[run.id]
         assert run.name == logged.name and run.config == logged.config and run.gpu_count == 2
