@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from cli import clean_env, records, run_cli
+from cli import clean_env, cli_argv, records, run_cli
 
 # A job that records, from its own point of view, when it ran, with which seed and which GPUs.
 JOB = textwrap.dedent(
@@ -182,3 +186,27 @@ def test_retries_are_each_recorded(cwd: Path) -> None:
         never = jobs[f"never/{seed}"]
         assert never["state"] == "FAILED" and len(never["tries"]) == 2
         assert never["log"] == f"logs/never/seed-{seed}.try3.log"
+
+
+def test_live_view_on_a_terminal(cwd: Path) -> None:
+    # On a terminal the harness draws rich's live view; elsewhere it prints one plain line per event.
+    terminal, harness_side = pty.openpty()
+    harness = subprocess.Popen(
+        cli_argv("--command", "nap=sleep 0.5 #", "--command", "oops=false", "--num-seeds", "2", "--workers", "2",
+                 "--run-dir", "r"),
+        cwd=cwd, env=clean_env(), stdin=subprocess.DEVNULL, stdout=harness_side, stderr=harness_side,
+    )
+    os.close(harness_side)
+    screen = b""
+    with contextlib.suppress(OSError):  # EIO once the harness has exited and closed the terminal
+        while chunk := os.read(terminal, 65536):
+            screen += chunk
+    os.close(terminal)
+    assert harness.wait(timeout=60) == 1
+    text = screen.decode(errors="replace")
+    assert "\x1b[" in text  # drawn with colours and cursor moves, not plain lines
+    assert "done 2" in text and "failed 2" in text and "4/4" in text and "elapsed" in text
+    assert "nap/1  0:00" in text  # the running jobs, one row each
+    assert "started" not in text  # routine events stay in the view; failures are printed above it
+    assert "oops/1 failed (exit 1)" in text and "oops/2 failed (exit 1)" in text
+    assert "2/4 jobs completed" in text
