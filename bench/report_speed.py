@@ -7,6 +7,7 @@ two writer processes at a time; with --runs-dir they are kept and reused by the 
 as the median of --repeats:
   - read: every run's `.wandb` file decoded into histories (`benchmark.report.sources`), and
   - report: read + align seeds + mean/std + PNG and SVG + summary md/csv/html (`benchmark.report.main`),
+  - the same report as a user's fresh `python -m benchmark.report` process, imports included,
 and once, beside them, `wandb leet inspect --json` over the same files (two at a time, as many
 processes as ours use) with its JSON lines parsed: what reading these files costs without our reader.
 Each is given in wall seconds and in CPU seconds (this process and its children): the CPU figure
@@ -137,6 +138,14 @@ def main() -> None:
         print(f"read (ours)                       {read_s:8.2f} {read_cpu:7.2f}", flush=True)
         report_s, report_cpu = timed(report, args.repeats)
         print(f"read + aggregate + plot + tables  {report_s:8.2f} {report_cpu:7.2f}", flush=True)
+
+        def command() -> None:
+            argv = ["--wandb-dir", str(subset), "--output-dir", str(Path(tmp) / "cli"), "--name", "speed"]
+            subprocess.run([sys.executable, "-m", "benchmark.report", *argv], check=True, capture_output=True)
+
+        cli_s, cli_cpu = timed(command, args.repeats)
+        print(f"the same as a fresh command       {cli_s:8.2f} {cli_cpu:7.2f}  (with Python and library imports)",
+              flush=True)
         leet_s, leet_cpu = timed(lambda: leet_read(files, args.steps), 1)
         print(f"wandb leet inspect --json + parse {leet_s:8.2f} {leet_cpu:7.2f}  ({leet_s / read_s:.0f}x our read)")
 
