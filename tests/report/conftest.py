@@ -267,7 +267,7 @@ class _CloudHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def wandb_cloud(
-    sweep: Sweep, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    sweep: Sweep, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[CloudStandIn]:
     """The stand-in, running, with wandb pointed at it and online (parametrize indirectly with True
     for the parquet export)."""
@@ -277,6 +277,9 @@ def wandb_cloud(
     monkeypatch.setenv("WANDB_BASE_URL", server.url)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_MODE", "online")
+    # wandb-core keeps downloaded parquet histories in its cache dir, keyed by entity/project/run: a
+    # shared cache would serve one test's (or one earlier session's) runs to the next.
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     try:
         yield server
     finally:
