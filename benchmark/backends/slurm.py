@@ -136,16 +136,15 @@ class SlurmBackend(Backend):
     def launch(self, manifest: Manifest, ids: list[str]) -> int:
         settings = manifest.plan["slurm"]
         records = [manifest.jobs[i] for i in ids if i != THEN]
+        groups = by_variant(records)
         # Render everything first: a template error must stop the launch before any submission.
-        scripts = {v: _script(manifest.run_dir, manifest.plan, v, [r.seed for r in g])
-                   for v, g in by_variant(records).items()}
+        scripts = {v: _script(manifest.run_dir, manifest.plan, v, [r.seed for r in g]) for v, g in groups.items()}
         (manifest.run_dir / "scripts").mkdir(exist_ok=True)
         (manifest.run_dir / "logs").mkdir(exist_ok=True)
-        groups = by_variant(records)
         paths = {}
-        for variant in groups:
+        for variant, script in scripts.items():
             paths[variant] = manifest.run_dir / "scripts" / f"{variant}-{int(time.time() * 1000)}.sh"
-            paths[variant].write_text(scripts[variant])
+            paths[variant].write_text(script)
         cwd = manifest.plan["cwd"]
         submitted, refused = [], []
         # All arrays are submitted at once: each sbatch mostly waits on slurmctld, so ten in parallel
