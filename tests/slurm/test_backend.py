@@ -140,7 +140,9 @@ def test_sbatch_refusing_one_variant_leaves_the_others_submitted(cwd: Path) -> N
 
 
 def test_controller_down_mid_sweep_loses_no_task(cwd: Path) -> None:
-    result = sweep(cwd, "--command", "slow=sleep 4", "--num-seeds", "2", "--seed-flag", "")
+    # Long enough to be seen running: sacct learns of a start through slurmdbd, seconds late under load
+    # (a 4 s task once went from PENDING to COMPLETED between two looks).
+    result = sweep(cwd, "--command", "slow=sleep 15", "--num-seeds", "2", "--seed-flag", "")
     assert result.returncode == 0, result.stderr
     wait_for(lambda: states(cwd) == ["RUNNING", "RUNNING"], what="both tasks to run")
     subprocess.run(["bash", str(REPO / "scripts" / "slurm-down.sh"), "slurmctld"], check=True, timeout=60)
