@@ -1,6 +1,6 @@
 """How much the local pool costs: our harness against TRL's bare thread pool, measured in one run.
 
-    python bench/local_pool.py [--jobs 200] [--workers 8] [--repeats 3]
+    python bench/local_pool.py [--jobs 200] [--workers 8] [--repeats 5]
 
 Two workloads: `true` (measures pure overhead) and a Python one-liner sleeping 50 ms (on a small
 machine, Python's start-up rather than the sleep dominates). For each, the whole-process wall time of
@@ -8,8 +8,10 @@ machine, Python's start-up rather than the sleep dominates). For each, the whole
   - TRL's approach, the goal's baseline: tyro imported, then ThreadPoolExecutor + Popen(shlex.split(...)),
     nothing kept (0.37 s here for 200 x true, as the issue measured TRL at 0.39 s), and
   - TRL's script as released: argparse, `requests` imported, each job's output captured through pipes,
-as the median of --repeats runs, the overhead per job (whole process / jobs), and the makespan (first
-job start to last job end) against the ideal: ceil(jobs / workers) times one job's duration alone.
+as the median of --repeats interleaved runs, the overhead per job (whole process / jobs), the CPU
+seconds of the whole process tree, and the makespan (first job start to last job end) against the
+ideal: ceil(jobs / workers) times one job's duration alone. Ratios are the median of each round's
+ratio: on a shared machine the load drifts between rounds by more than the differences measured.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 SLEEP_JOB = f'{sys.executable} -c "import time; time.sleep(0.05)"'
@@ -78,24 +81,30 @@ executor.shutdown(wait=True)
 """
 
 
-def wall(argv: list[str], cwd: Path) -> float:
-    return timed(argv, cwd)[0]
+class Run(NamedTuple):
+    wall: float  # whole process, seconds
+    cpu: float  # the process and all its children, seconds
+    makespan: float | None  # first job start to last job end
 
 
-def timed(argv: list[str], cwd: Path) -> tuple[float, str]:
-    """Whole-process wall time, and what the process printed."""
+def timed(argv: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Whole-process wall time, CPU seconds of it and its children, and what it printed. On 2 cores
+    the sleep jobs are CPU-bound, so the CPU seconds are what the makespan follows."""
     start = time.perf_counter()
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = process.stdout.read()  # type: ignore[union-attr]
+    _, status, usage = os.wait4(process.pid, 0)
     took = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{argv[:3]} failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return took, result.stdout
+    process.returncode = code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{argv[:3]} failed ({code}):\n{out[-4000:]}")
+    return took, usage.ru_utime + usage.ru_stime, out
 
 
-def ours(command: str, jobs: int, workers: int, cwd: Path) -> tuple[float, dict]:
+def ours(command: str, jobs: int, workers: int, cwd: Path) -> Run:
     run_dir = cwd / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    took = wall(
+    took, cpu, _ = timed(
         [sys.executable, str(REPO / "benchmark" / "benchmark.py"), "--command", command, "--num-seeds", str(jobs),
          "--workers", str(workers), "--no-auto-tag", "--run-dir", str(run_dir)],
         cwd,
@@ -105,62 +114,62 @@ def ours(command: str, jobs: int, workers: int, cwd: Path) -> tuple[float, dict]
         job = json.loads(line)["job"]
         records[job["id"]] = job
     assert len(records) == jobs and all(r["state"] == "COMPLETED" for r in records.values()), "a job did not complete"
-    return took, records
+    makespan = max(r["end"] for r in records.values()) - min(r["start"] for r in records.values())
+    return Run(took, cpu, makespan)
 
 
-def trl(command: str, jobs: int, workers: int, cwd: Path) -> tuple[float, float]:
-    """Whole-process wall time and makespan (first job start to last job end) of TRL's pool."""
-    took, out = timed([sys.executable, "-c", TRL_POOL, command, str(jobs), str(workers)], cwd)
-    return took, float(out.split()[-1])
+def trl(command: str, jobs: int, workers: int, cwd: Path) -> Run:
+    took, cpu, out = timed([sys.executable, "-c", TRL_POOL, command, str(jobs), str(workers)], cwd)
+    return Run(took, cpu, float(out.split()[-1]))
 
 
-def trl_script(command: str, jobs: int, workers: int, cwd: Path) -> float:
-    return wall([sys.executable, "-c", TRL_SCRIPT, "--command", command, "--num-seeds", str(jobs),
-                 "--workers", str(workers)], cwd)
+def trl_script(command: str, jobs: int, workers: int, cwd: Path) -> Run:
+    took, cpu, _ = timed([sys.executable, "-c", TRL_SCRIPT, "--command", command, "--num-seeds", str(jobs),
+                          "--workers", str(workers)], cwd)
+    return Run(took, cpu, None)
 
 
 def job_alone(command: str, cwd: Path, repeats: int = 10) -> float:
-    return statistics.median(wall(["/bin/sh", "-c", command + " --seed 1"], cwd) for _ in range(repeats))
+    return statistics.median(timed(["/bin/sh", "-c", command + " --seed 1"], cwd)[0] for _ in range(repeats))
+
+
+def paired(ours_runs: list[Run], base_runs: list[Run], field: str) -> float:
+    """Median of the per-round ratios: each round's two runs saw the same machine load."""
+    return statistics.median(getattr(a, field) / getattr(b, field) for a, b in zip(ours_runs, base_runs, strict=True))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"{args.jobs} jobs, {args.workers} workers, {os.cpu_count()} cores, median of {args.repeats} runs")
+    print(f"{args.jobs} jobs, {args.workers} workers, {os.cpu_count()} cores, median of {args.repeats} runs, "
+          f"load {os.getloadavg()[0]:.1f}")
 
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         for label, command in (("true", "true"), ("python sleep 50 ms", SLEEP_JOB)):
-            # Interleave the two so both see the same machine load.
-            ours_runs, trl_runs, script_runs, makespans, trl_makespans = [], [], [], [], []
-            for _ in range(args.repeats):
-                took, records = ours(command, args.jobs, args.workers, cwd)
-                ours_runs.append(took)
-                makespans.append(max(r["end"] for r in records.values()) - min(r["start"] for r in records.values()))
-                took, makespan = trl(command, args.jobs, args.workers, cwd)
-                trl_runs.append(took)
-                trl_makespans.append(makespan)
-                script_runs.append(trl_script(command, args.jobs, args.workers, cwd))
-            ours_s, trl_s = statistics.median(ours_runs), statistics.median(trl_runs)
-            script_s = statistics.median(script_runs)
+            runs: dict[str, list[Run]] = {"ours (logs+manifest)": [], "TRL thread pool": [], "TRL's script as is": []}
+            for _ in range(args.repeats):  # interleaved, so that all three see the same machine load
+                runs["ours (logs+manifest)"].append(ours(command, args.jobs, args.workers, cwd))
+                runs["TRL thread pool"].append(trl(command, args.jobs, args.workers, cwd))
+                runs["TRL's script as is"].append(trl_script(command, args.jobs, args.workers, cwd))
             ideal = math.ceil(args.jobs / args.workers) * job_alone(command, cwd)
             print(f"\n{label}: one job alone {ideal / math.ceil(args.jobs / args.workers) * 1000:.1f} ms, "
                   f"ideal makespan {ideal:.2f} s")
-            print(f"  {'':22}{'whole process':>14}{'per job':>10}{'makespan':>10}{'/ ideal':>9}")
-            rows = (
-                ("ours (logs+manifest)", ours_s, statistics.median(makespans)),
-                ("TRL thread pool", trl_s, statistics.median(trl_makespans)),
-                ("TRL's script as is", script_s, None),
-            )
-            for name, took, makespan in rows:
-                spans = f"{makespan:>8.3f} s{makespan / ideal:>8.2f}x" if makespan else f"{'-':>10}{'-':>9}"
-                print(f"  {name:22}{took:>12.3f} s{took / args.jobs * 1000:>7.2f} ms{spans}")
-            print(f"  ours / TRL thread pool: {ours_s / trl_s:.2f}x whole process, "
-                  f"{statistics.median(makespans) / statistics.median(trl_makespans):.2f}x makespan; "
-                  f"ours / TRL's script: {ours_s / script_s:.2f}x whole process")
+            print(f"  {'':22}{'whole process':>14}{'per job':>10}{'CPU':>9}{'makespan':>11}{'/ ideal':>9}")
+            for name, series in runs.items():
+                took = statistics.median(r.wall for r in series)
+                cpu = statistics.median(r.cpu for r in series)
+                spans = [r.makespan for r in series if r.makespan is not None]
+                span = statistics.median(spans) if spans else None
+                makespan = f"{span:>9.3f} s{span / ideal:>8.2f}x" if span else f"{'-':>11}{'-':>9}"
+                print(f"  {name:22}{took:>12.3f} s{took / args.jobs * 1000:>7.2f} ms{cpu:>7.2f} s{makespan}")
+            mine, pool, script = runs.values()
+            print(f"  ours / TRL thread pool, median of per-round ratios: {paired(mine, pool, 'wall'):.2f}x whole "
+                  f"process, {paired(mine, pool, 'makespan'):.2f}x makespan, {paired(mine, pool, 'cpu'):.2f}x CPU; "
+                  f"ours / TRL's script: {paired(mine, script, 'wall'):.2f}x whole process")
 
 
 if __name__ == "__main__":
