@@ -64,7 +64,12 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
 
 def load_policy(
-    name: str, use_peft: bool, lora_r: int, lora_alpha: int, device: torch.device
+    name: str,
+    use_peft: bool,
+    lora_r: int,
+    lora_alpha: int,
+    device: torch.device,
+    lora_target_modules: list[str] | None = None,
 ) -> tuple[PolicyWithValueHead, nn.Module | None]:
     """The trainable policy and, without PEFT, a frozen copy of it as the reference.
 
@@ -76,7 +81,11 @@ def load_policy(
     if use_peft:
         from peft import LoraConfig, get_peft_model
 
-        lm = get_peft_model(lm, LoraConfig(r=lora_r, lora_alpha=lora_alpha, bias="none", task_type="CAUSAL_LM"))
+        # No target modules: PEFT's default for the architecture (GPT-2: c_attn), as in TRL's example.
+        lora = LoraConfig(
+            r=lora_r, lora_alpha=lora_alpha, target_modules=lora_target_modules, bias="none", task_type="CAUSAL_LM"
+        )
+        lm = get_peft_model(lm, lora)
     else:
         reference = copy.deepcopy(lm).requires_grad_(False).eval().to(device)
     return PolicyWithValueHead(lm).eval().to(device), reference

@@ -106,6 +106,8 @@ class Args:
     """LoRA rank"""
     lora_alpha: int = 16
     """LoRA alpha"""
+    lora_target_modules: list[str] | None = None
+    """modules that get adapters, e.g. `c_attn lm_head`; by default PEFT's choice for the model (GPT-2: c_attn)"""
     max_new_tokens: int = 32
     """tokens generated per response"""
     query_min_length: int = 2
@@ -264,7 +266,9 @@ def train(args: Args) -> list[dict[str, float]]:
     query_lengths = torch.randint(
         args.query_min_length, args.query_max_length, (len(reviews),), generator=torch.Generator().manual_seed(cfg.seed)
     )
-    policy, reference = load_policy(cfg.model_name, args.use_peft, args.lora_r, args.lora_alpha, device)
+    policy, reference = load_policy(
+        cfg.model_name, args.use_peft, args.lora_r, args.lora_alpha, device, args.lora_target_modules
+    )
     reward_fn = SentimentReward(cfg.reward_model, device)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)

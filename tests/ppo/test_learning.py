@@ -12,33 +12,35 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-# 12 PPO steps of 16 rollouts. One step's reward mean varies by about +-0.25 from sample to sample
-# (scores spread by ~1); a window of 6 steps brings that to +-0.1. Measured rises (results/ppo/):
-# 0.40 to 0.61 for the whole model. LoRA learns much slower on this 2-layer stand-in, whose word
-# preferences live in the embeddings that adapters never touch: seed 0 (the default, used below) rises
-# 0.28-0.37, but seeds 1 and 2 do not rise within 12 steps (-0.06, -0.01), nor does the whole model
-# with its embeddings frozen by much (+0.11, +0.16). A robust PEFT check needs a stand-in whose layers matter.
+# 12 PPO steps of 16 rollouts. Which prompts a step draws moves its mean reward more than 12 steps of
+# learning do: with a learning rate too small to change anything, the mean of the last 6 steps minus
+# that of the first 6 is +0.24, +0.01, +0.12 in seeds 0, 1, 2 (and +0.37 for seed 0 with LoRA). So
+# learning is measured against such a control run of the same seed: the same prompts, and the same
+# sampling noise until the policies part. Measured gains, last 6 steps (results/ppo/): +0.44, +0.51,
+# +0.77 for the whole model in seeds 0, 1, 2.
 STEPS = 12
 WINDOW = 6
-MIN_RISE = 0.25
-MIN_RISE_PEFT = 0.2
+MIN_GAIN = 0.25
+MIN_GAIN_PEFT = 0.15
+NO_LEARNING = ["--ppo_config.learning_rate", "1e-12", "--ppo_config.ppo_epochs", "1"]
 
 
-def reward_rise(history: list[dict[str, float]]) -> float:
-    """Mean reward of the last WINDOW steps minus that of the first WINDOW steps."""
-    rewards = [m["env/reward_mean"] for m in history]
-    return mean(rewards[-WINDOW:]) - mean(rewards[:WINDOW])
+def learned(run_ppo, *flags: str, save_to: Path | None = None) -> tuple[float, list[dict[str, float]]]:
+    """How far PPO raised the mean reward of the last WINDOW steps above the control run's; and the history."""
+    saving = ["--output_dir", str(save_to)] if save_to else []
+    history, control = run_ppo(*flags, *saving), run_ppo(*flags, *NO_LEARNING)
+    late = [mean(m["env/reward_mean"] for m in h[-WINDOW:]) for h in (history, control)]
+    return late[0] - late[1], history
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_reward_rises_with_kl_bounded(run_ppo, small: list[str], seed: int) -> None:
     # A target of 2 nats and a 10-step horizon make the controller act within the run.
-    history = run_ppo(
-        *small, "--ppo_config.steps", str(16 * STEPS), "--seed", str(seed),
-        "--ppo_config.target", "2", "--ppo_config.horizon", "160",
-    )
-    assert reward_rise(history) > MIN_RISE, [round(m["env/reward_mean"], 2) for m in history]
+    flags = [*small, "--ppo_config.steps", str(16 * STEPS), "--seed", str(seed),
+             "--ppo_config.target", "2", "--ppo_config.horizon", "160"]
+    gain, history = learned(run_ppo, *flags)
+    assert gain > MIN_GAIN, [round(m["env/reward_mean"], 2) for m in history]
     kls = [m["objective/kl"] for m in history]
     assert max(kls) < 4 * 2, kls
     # Above target the coefficient grows.
@@ -57,20 +59,32 @@ def test_same_seed_same_curve(run_ppo, small: list[str]) -> None:
 
 @pytest.mark.slow
 def test_peft_learns_with_few_trainable_parameters(run_ppo, small: list[str], tmp_path: Path) -> None:
+    """LoRA on the stand-in: adapters on attention and on the output projection.
+
+    Adapters on attention alone (PEFT's default for GPT-2, c_attn) do not learn on this 2-layer
+    stand-in, whose word preferences live in its embeddings: against the control, -0.05 after 12 and 36
+    steps at lr 2e-2, and no better with the MLP adapted too. With the output projection adapted as
+    well they do (results/ppo/): seed 0 +0.33, seed 1 +0.30 at rank 4, lr 5e-3.
+    """
     from trl_ppo.models import load_policy, trainable_fraction
 
-    history = run_ppo(
-        *small, "--use_peft", "--ppo_config.learning_rate", "2e-2", "--ppo_config.steps", str(16 * STEPS),
-        "--output_dir", str(tmp_path),
+    gain, history = learned(
+        run_ppo, *small, "--use_peft", "--lora_r", "4", "--lora_target_modules", "c_attn", "lm_head",
+        "--ppo_config.learning_rate", "5e-3", "--ppo_config.steps", str(16 * STEPS), save_to=tmp_path,
     )
-    assert reward_rise(history) > MIN_RISE_PEFT, [round(m["env/reward_mean"], 2) for m in history]
-    assert (tmp_path / "adapter_config.json").exists() and (tmp_path / "value_head.pt").exists()
+    assert gain > MIN_GAIN_PEFT, [round(m["env/reward_mean"], 2) for m in history]
+    # What was saved is what ran: the adapters' settings, and a policy built from them.
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert (saved["r"], set(saved["target_modules"])) == (4, {"c_attn", "lm_head"})
+    assert (tmp_path / "value_head.pt").exists()
     policy, reference = load_policy(
-        json.loads((tmp_path / "adapter_config.json").read_text())["base_model_name_or_path"],
-        use_peft=True, lora_r=16, lora_alpha=16, device=torch.device("cpu"),
+        saved["base_model_name_or_path"], use_peft=True, lora_r=4, lora_alpha=16, device=torch.device("cpu"),
+        lora_target_modules=saved["target_modules"],
     )
     trainable, total = trainable_fraction(policy)
-    assert reference is None and trainable / total < 0.01  # LoRA on c_attn + value head: about 0.25%
+    # 2.9%: the stand-in is mostly its 50,257 x 128 embedding, and the output projection's adapter
+    # has a row per token (on gpt2 the same adapters are 0.3% of the model).
+    assert reference is None and trainable / total < 0.05
 
 
 @pytest.mark.slow
