@@ -19,7 +19,7 @@ JOB = textwrap.dedent(
     import json, os, sys, time
     seed = int(sys.argv[sys.argv.index("--seed") + 1])
     start = time.time()
-    time.sleep(float(os.environ.get("JOB_SLEEP", "0.3")))
+    time.sleep(float(os.environ.get(f"JOB_SLEEP_SEED{seed}", os.environ.get("JOB_SLEEP", "0.3"))))
     line = {"seed": seed, "start": start, "end": time.time(), "argv": sys.argv[1:],
             "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "env": {k: os.environ.get(k) for k in ("BENCHMARK_SEED", "BENCHMARK_VARIANT", "WANDB_RUN_GROUP",
@@ -66,18 +66,23 @@ def test_variants_times_seeds_with_names_and_quoting(cwd: Path) -> None:
         cwd=cwd,
     )
     assert result.returncode == 0, result.stderr
-    out = result.stdout
+    lines = result.stdout.splitlines()
     for job, command in [
         ("small/1", "python train.py --msg 'hello world' --ppo_config.seed 1"),
         ("small/2", "python train.py --msg 'hello world' --ppo_config.seed 2"),
-        ("grad_accum/1", "--ppo_config.exp_name grad_accum --ppo_config.log_with wandb --ppo_config.seed 1"),
+        ("grad_accum/1", "python -m trl_ppo.ppo --ppo_config.exp_name grad_accum --ppo_config.log_with wandb "
+                         "--ppo_config.seed 1"),
         ("trl_ppo.ppo-use_peft/2", "python -m trl_ppo.ppo --use_peft --ppo_config.seed 2"),
         # Same slug twice: numbered, and the environment assignment is not mistaken for a name.
         ("trl_ppo.ppo-use_peft-2/1", "CUDA_LAUNCH_BLOCKING=1 python -m trl_ppo.ppo --use_peft --ppo_config.seed 1"),
     ]:
-        assert job in out and command in out, (job, out)
-    assert out.count("$ ") == 8
-    assert "log r/logs/small/seed-1.log" in out
+        # Each job's line names its log; the line under it is its full command.
+        (at,) = [i for i, line in enumerate(lines) if line.startswith(f"{job}  [")]
+        variant, seed = job.split("/")
+        assert lines[at].endswith(f"log r/logs/{variant}/seed-{seed}.log") and lines[at + 1] == f"  $ {command}", (
+            lines[at : at + 2]
+        )
+    assert sum(line.startswith("  $ ") for line in lines) == 8
 
 
 def test_dry_run_starts_nothing(cwd: Path) -> None:
@@ -108,7 +113,9 @@ def test_concurrency_never_exceeds_workers(cwd: Path) -> None:
 
 def test_each_running_job_has_its_own_gpu(cwd: Path) -> None:
     command = write_job(cwd)
-    env = clean_env(JOB_OUT=str(cwd / "out.jsonl"), CUDA_VISIBLE_DEVICES="7")
+    # Seed 1 holds its GPU while the others come and go: a pool handing GPUs out in turn, rather than
+    # the free ones, gives seed 1's GPU to a second job.
+    env = clean_env(JOB_OUT=str(cwd / "out.jsonl"), CUDA_VISIBLE_DEVICES="7", JOB_SLEEP_SEED1="1.5")
     result = run_cli(
         "--command", command, "--num-seeds", "7", "--workers", "8", "--gpus", "0,1,2", "--run-dir", "r",
         cwd=cwd, env=env,
@@ -117,6 +124,8 @@ def test_each_running_job_has_its_own_gpu(cwd: Path) -> None:
     assert "running 3 at a time" in result.stdout
     lines = job_lines(cwd / "out.jsonl")
     assert {x["gpus"] for x in lines} == {"0", "1", "2"}
+    long = next(x for x in lines if x["seed"] == 1)
+    assert sum(x["start"] < long["end"] and long["start"] < x["end"] for x in lines) >= 4  # itself and 3 more
     for a in lines:
         for b in lines:
             if a is not b and a["start"] < b["end"] and b["start"] < a["end"]:

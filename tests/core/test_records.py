@@ -13,8 +13,11 @@ SECRET = "s3cr3t-value-9f8e7d"
 INLINE = "inline-token-1a2b3c"
 
 
-def all_text(folder: Path) -> str:
-    return "\n".join(p.read_text(errors="replace") for p in folder.rglob("*") if p.is_file())
+def harness_files(run_dir: Path) -> str:
+    """Everything the harness wrote into the run dir: all but the jobs' own logs and exit codes."""
+    files = [p for p in run_dir.rglob("*") if p.is_file() and "logs" not in p.relative_to(run_dir).parts]
+    assert run_dir / "manifest.jsonl" in files
+    return "\n".join(p.read_text(errors="replace") for p in files)
 
 
 def test_secrets_are_never_written_but_reach_the_job(cwd: Path) -> None:
@@ -24,11 +27,13 @@ def test_secrets_are_never_written_but_reach_the_job(cwd: Path) -> None:
         "test \"$WANDB_API_KEY\" = \"$EXPECTED\" && echo key ok' job"
     )
     env["EXPECTED"] = SECRET  # lets the job check the key without printing it; not a secret name
-    result = run_cli("--command", f"tok={command}", "--command", f"echo=echo {SECRET}", "--num-seeds", "1",
+    result = run_cli("--command", f"tok={command}", "--command", f"echo=echo {SECRET}",
+                     "--command", f"pw=echo {'x' * 8}", "--num-seeds", "1",
                      "--workers", "2", "--run-dir", "r", cwd=cwd, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    written = all_text(cwd / "r" / "manifest.jsonl") + result.stdout + result.stderr
+    written = harness_files(cwd / "r") + result.stdout + result.stderr
     assert SECRET not in written and INLINE not in written and "x" * 8 not in written
+    assert (cwd / "r" / "logs" / "pw" / "seed-1.log").read_text() == f"{'x' * 8} --seed 1\n"
     # The stored command references the variable; the job still gets the value.
     assert records(cwd / "r")["tok/1"]["command"].startswith('MY_TOKEN="$MY_TOKEN" sh -c')
     log = (cwd / "r" / "logs" / "tok" / "seed-1.log").read_text()
@@ -81,9 +86,12 @@ def test_a_torn_last_line_is_ignored(cwd: Path) -> None:
 
 
 def test_existing_run_dir_is_not_overwritten(cwd: Path) -> None:
-    assert run_cli("--command", "true", "--num-seeds", "1", "--workers", "1", "--run-dir", "r", cwd=cwd).returncode == 0
-    result = run_cli("--command", "true", "--num-seeds", "1", "--workers", "1", "--run-dir", "r", cwd=cwd)
+    assert run_cli("--command", "echo first", "--num-seeds", "1", "--workers", "1", "--run-dir", "r",
+                   cwd=cwd).returncode == 0
+    before = {p: p.read_bytes() for p in (cwd / "r").rglob("*") if p.is_file()}
+    result = run_cli("--command", "echo second", "--num-seeds", "2", "--workers", "1", "--run-dir", "r", cwd=cwd)
     assert result.returncode == 2 and "already exists" in result.stderr
+    assert {p: p.read_bytes() for p in (cwd / "r").rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import pytest
 from benchmark import manifest as harness
 from benchmark.manifest import JobRecord, Manifest
 from benchmark.report import main
+from benchmark.report.offline import read_run
 
 if TYPE_CHECKING:
     from tests.report.conftest import Sweep
@@ -64,7 +65,9 @@ def test_run_dir_reports_missing_crashed_and_running_seeds(
     baseline, accu, peft = rows["baseline"], rows["accu"], rows["peft"]
     assert (baseline["seeds_done"], baseline["seeds_expected"], baseline["seeds_crashed"]) == ("2", "3", "1")
     assert baseline["reward_n"] == "2" and baseline["missing_seeds"] == ""
-    assert float(baseline["gpu_hours"]) > 0  # two GPUs per job, from the manifest
+    # Two GPUs per job: the manifest's count, whatever W&B's metadata says.
+    runtimes = [read_run(sweep.runs[("sentiment_tuning", s)].file)[0].runtime for s in (1, 2)]
+    assert float(baseline["gpu_hours"]) == pytest.approx(2 * sum(runtimes) / 3600, rel=1e-3)
     assert (accu["seeds_done"], accu["seeds_running"], accu["missing_seeds"], accu["reward_n"]) == ("1", "1", "3", "1")
     assert (peft["seeds_done"], peft["missing_seeds"], peft["reward_n"]) == ("0", "1 2 3", "0")
     markdown = (out / "summary.md").read_text()
