@@ -63,8 +63,8 @@ def test_stand_ins_load_through_the_user_path(assets: Path) -> None:
 def test_training_logs_classic_metrics_to_wandb(run_ppo, small: list[str], wandb_offline: Path) -> None:
     os.environ["WANDB_TAGS"] = "bench,ppo"
     try:
-        run_ppo(*small, "--ppo_config.steps", "32", "--ppo_config.log_with", "wandb", "--ppo_config.exp_name",
-                "sentiment", "--seed", "5", "--table_every", "1")
+        returned = run_ppo(*small, "--ppo_config.steps", "32", "--ppo_config.log_with", "wandb",
+                           "--ppo_config.exp_name", "sentiment", "--seed", "5", "--table_every", "1")
     finally:
         del os.environ["WANDB_TAGS"]
     (run_file,) = (wandb_offline / "wandb").glob("offline-run-*/run-*.wandb")
@@ -83,3 +83,7 @@ def test_training_logs_classic_metrics_to_wandb(run_ppo, small: list[str], wandb
                 "ppo/returns/mean", "ppo/val/var_explained", "tokens/responses_len_mean", "time/ppo/total",
                 "perf/samples_per_s", "perf/tokens_per_s", "env/reward_dist._type", "game_log._type"]:
         assert key in history[-1], key
+    # The values logged at each step are the step's own.
+    for logged, metrics in zip(history, returned, strict=True):
+        for key in ["env/reward_mean", "objective/kl", "ppo/loss/total", "perf/samples_per_s"]:
+            assert float(logged[key]) == pytest.approx(metrics[key], rel=1e-6), key
