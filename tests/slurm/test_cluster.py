@@ -103,7 +103,13 @@ def test_bogus_partition_is_refused_by_sbatch(lab, run_dir):
 
 
 def test_controller_restart_keeps_running_jobs(lab, run_dir):
-    job = lab.submit(write_script(run_dir, command="sleep 4; echo", seeds=[1, 2]))
+    job = lab.submit(write_script(run_dir, command="sleep 10; echo", seeds=[1, 2]))
+    # Running, not merely queued, when the controller goes: queued tasks would survive anything.
+    deadline = time.monotonic() + 60
+    while subprocess.run(["squeue", "-j", job, "-h", "-o", "%T"], capture_output=True, text=True,
+                         timeout=60).stdout.split() != ["RUNNING", "RUNNING"]:
+        assert time.monotonic() < deadline, "the tasks did not start within 60 s"
+        time.sleep(0.2)
     subprocess.run(["bash", lab.scripts / "slurm-down.sh", "slurmctld"], check=True, timeout=60)
     try:
         assert subprocess.run(["scontrol", "ping"], capture_output=True, timeout=60).returncode != 0
