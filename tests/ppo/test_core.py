@@ -93,11 +93,13 @@ def test_adaptive_kl_controller() -> None:
 
 
 def test_whitening() -> None:
-    x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    # Mean 3, unbiased variance 4 (as TRL's masked_var): whitened, (x - 3) / 2.
+    x = torch.tensor([[1.0, 3.0, 5.0, 100.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    assert core.masked_var(x, mask).item() == pytest.approx(1.0)
+    assert core.masked_var(x, mask).item() == pytest.approx(4.0)
     assert core.masked_whiten(x, mask)[0, :3].tolist() == pytest.approx([-1.0, 0.0, 1.0], abs=1e-6)
-    assert core.masked_whiten(x, mask, shift_mean=False)[0, :3].tolist() == pytest.approx([1.0, 2.0, 3.0], abs=1e-6)
+    # ... the mean kept: (x - 3) / 2 + 3.
+    assert core.masked_whiten(x, mask, shift_mean=False)[0, :3].tolist() == pytest.approx([2.0, 3.0, 4.0], abs=1e-6)
 
 
 def test_entropy_of_uniform_logits() -> None:
