@@ -187,9 +187,15 @@ def test_node_down_under_a_running_task_is_recorded_and_resumed(cwd: Path) -> No
     finally:
         # With ReturnToService=2 the node may be back already, and then Slurm refuses "resume".
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
+    first_id = records(cwd / "r")["victim/1"]["slurm_id"]
     resumed = run_cli("resume", "r", "--workers", "1", cwd=cwd)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming 1 of 1 jobs" in resumed.stdout
+    # The lost try is on record, and the job runs again under a new Slurm id.
+    record = records(cwd / "r")["victim/1"]
+    assert [t["state"] for t in record["tries"]] in (["NODE_FAIL"], ["FAILED"])
+    assert record["tries"][0]["slurm_id"] == first_id and record["slurm_id"] not in (None, first_id)
+    wait_for(lambda: states(cwd) == ["RUNNING"], what="the resubmitted task to run")
     assert run_cli("cancel", "r", cwd=cwd).returncode == 0
 
 
