@@ -69,6 +69,16 @@ def test_ranks_get_distinct_gpus_and_jobs_spread_over_nodes(cwd: Path) -> None:
     assert nodes == {"node=node1", "node=node2"}, log
     gpus = [part.split()[1] for part in ranks.values()]
     assert all(g in ("gpu=0", "gpu=1") for g in gpus), log
+    # Two ranks on one node: each its own GPU of that node's two.
+    packed = cwd / "packed"
+    packed.mkdir()
+    result = sweep(packed, "--command", f"packed={report}", "--num-seeds", "1", "--slurm-ntasks", "2",
+                   "--slurm-gpus-per-task", "1", "--slurm-nodes", "1", "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = (packed / "r" / records(packed / "r")["packed/1"]["log"]).read_text()
+    ranks = dict(line.split(" ", 1) for line in log.splitlines() if line.startswith("rank="))
+    assert len({part.split()[0] for part in ranks.values()}) == 1, log
+    assert sorted(part.split()[1] for part in ranks.values()) == ["gpu=0", "gpu=1"], log
 
 
 def test_a_failing_seed_is_recorded_and_resume_resubmits_only_it(cwd: Path) -> None:
