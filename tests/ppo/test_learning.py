@@ -157,16 +157,51 @@ def test_optional_paths_run(run_ppo, small: list[str]) -> None:
 
 
 
+# Under torchrun: train as `python -m trl_ppo.ppo` does, then save this process's own policy, so that the
+# test can compare the processes' weights (only rank 0 saves through --output_dir).
+EACH_RANK_SAVES = """
+import os, sys, torch
+from trl_ppo import ppo
+policies = []
+load = ppo.load_policy
+def load_and_keep(*args, **kwargs):
+    policy, reference = load(*args, **kwargs)
+    policies.append(policy)
+    return policy, reference
+ppo.load_policy = load_and_keep
+out = sys.argv[sys.argv.index("--output_dir") + 1]
+ppo.train(ppo.parse(sys.argv[1:]))
+torch.save(policies[0].state_dict(), os.path.join(out, "rank" + os.environ["RANK"] + ".pt"))
+"""
+
+
 @pytest.mark.slow
 def test_two_processes_under_torchrun(stand_in_flags: list[str], tmp_path: Path) -> None:
     """DDP as under `accelerate launch`, here on CPU (gloo): each process its own rollouts, one update."""
+    script = tmp_path / "each_rank_saves.py"
+    script.write_text(EACH_RANK_SAVES)
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "trl_ppo.ppo",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
          *stand_in_flags, "--ppo_config.batch_size", "8", "--ppo_config.mini_batch_size", "4",
          "--ppo_config.gradient_accumulation_steps", "2", "--ppo_config.steps", "16", "--max_new_tokens", "4",
          "--output_dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("step 2/2") == 1  # only rank 0 reports
     assert (tmp_path / "model.safetensors").exists()
+    # Gradients are averaged over the processes, so both hold the same weights after two updates.
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    initial = load_file(Path(stand_in_flags[1]) / "model.safetensors")
+    assert any(not torch.equal(ranks[0][f"lm.{name}"], tensor) for name, tensor in initial.items())  # they moved
+    for name, tensor in ranks[0].items():
+        torch.testing.assert_close(ranks[1][name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_each_process_gets_its_own_prompts() -> None:
+    from trl_ppo.ppo import batches
+
+    per_rank = [torch.cat(list(batches(100, 8, 5, seed=3, rank=rank, world=2))) for rank in (0, 1)]
+    assert all(len(rows) == 40 and len(set(rows.tolist())) == 40 for rows in per_rank)
+    assert not set(per_rank[0].tolist()) & set(per_rank[1].tolist())
