@@ -103,7 +103,9 @@ def test_bogus_partition_is_refused_by_sbatch(lab, run_dir):
 
 
 def test_controller_restart_keeps_running_jobs(lab, run_dir):
-    job = lab.submit(write_script(run_dir, command="sleep 10; echo", seeds=[1, 2]))
+    # Long enough to end only after the controller is back: a task that ends while it is down stayed
+    # RUNNING in sacct for over 90 s once (its completion reaches accounting late), here 10 s tasks did.
+    job = lab.submit(write_script(run_dir, command="sleep 30; echo", seeds=[1, 2]))
     # Running, not merely queued, when the controller goes: queued tasks would survive anything.
     deadline = time.monotonic() + 60
     while subprocess.run(["squeue", "-j", job, "-h", "-o", "%T"], capture_output=True, text=True,
