@@ -113,10 +113,14 @@ def _concurrency(settings: dict[str, Any]) -> int:
     return min(settings["workers"], len(gpus) * settings["jobs_per_gpu"] // per_job)
 
 
+def log_dir(variant: str) -> str:
+    """The variant's folder of logs, relative to the run dir."""
+    return "logs/" + "".join(c if c.isalnum() or c in "._+-" else "_" for c in variant)
+
+
 def log_path(variant: str, seed: int, try_number: int) -> str:
-    safe = "".join(c if c.isalnum() or c in "._+-" else "_" for c in variant)
     suffix = f".try{try_number}" if try_number > 1 else ""
-    return f"logs/{safe}/seed-{seed}{suffix}.log"
+    return f"{log_dir(variant)}/seed-{seed}{suffix}.log"
 
 
 def exit_path(run_dir: Path, record: JobRecord) -> Path:
@@ -217,7 +221,7 @@ class _Pool:
         self.env = self._base_env()
         self.view = SweepView([manifest.jobs[i] for i in ids], self.redactor)
         for variant in {record.variant for record in self.queue}:
-            (self.run_dir / log_path(variant, 0, 1)).parent.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / log_dir(variant)).mkdir(parents=True, exist_ok=True)
 
     def _base_env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -104,18 +104,21 @@ def test_accumulation_splits_work_not_the_update(
     monkeypatch.setattr(torch.optim, "Adam", torch.optim.SGD)
     common = ["--ppo_config.batch_size", "128", "--ppo_config.steps", "128", "--ppo_config.ppo_epochs", "1",
               "--max_new_tokens", "4", "--ppo_config.learning_rate", "1"]
-    initial = {**load_file(assets / "gpt2-imdb" / "model.safetensors")}
-    updates = []
+    initial = load_file(assets / "gpt2-imdb" / "model.safetensors")
+    updates, value_heads = [], []
     for mini, accumulation in [(128, 1), (16, 8)]:
         out = tmp_path / f"{mini}x{accumulation}"
         run_ppo(*common, "--ppo_config.mini_batch_size", str(mini),
                 "--ppo_config.gradient_accumulation_steps", str(accumulation), "--output_dir", str(out))
         weights = load_file(out / "model.safetensors")
         updates.append({name: weights[name] - tensor for name, tensor in initial.items()})
+        value_heads.append(torch.load(out / "value_head.pt"))  # both start from the same seeded head
     largest = max(u.abs().max().item() for u in updates[0].values())
     assert largest > 1e-4  # the step did move the weights
     for name, update in updates[0].items():
         torch.testing.assert_close(updates[1][name], update, rtol=1e-3, atol=1e-4 * largest, msg=name)
+    for name, tensor in value_heads[0].items():
+        torch.testing.assert_close(value_heads[1][name], tensor, rtol=0, atol=1e-5, msg=name)
 
 
 def test_bad_settings_fail_before_loading(tmp_path: Path) -> None:
@@ -154,7 +157,6 @@ def test_optional_paths_run(run_ppo, small: list[str]) -> None:
     assert [m["objective/kl_coef"] for m in history] == [0.1] * 3  # fixed, though KL moves
     assert history[-1]["objective/kl"] != 0
     assert all(math.isfinite(v) for m in history for v in m.values()), history
-
 
 
 # Under torchrun: train as `python -m trl_ppo.ppo` does, then save this process's own policy, so that the
