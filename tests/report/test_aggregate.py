@@ -46,6 +46,7 @@ def test_bootstrap_band_brackets_the_mean_and_is_reproducible() -> None:
     runs = [make_series(list(range(50)), list(base + k)) for k in offsets]
     first, second = curve(runs, band="ci95"), curve(runs, band="ci95")
     assert (first.low <= first.mean).all() and (first.mean <= first.high).all()
+    assert (first.high - first.low > 0).all()
     np.testing.assert_array_equal(first.low, second.low)
     # The runs differ by constant offsets, so at every x the band is base + the 2.5% and 97.5% quantiles of
     # the mean offset over all 4^4 equally likely resamples of the 4 seeds: 0.125 and 0.825.

@@ -57,28 +57,29 @@ def test_five_seed_array_completes_and_each_log_names_its_seed(cwd: Path) -> Non
     assert "#SBATCH --array=0-4%2" in script and "seeds=(1 2 3 4 5)" in script
 
 
-def test_ranks_get_distinct_gpus_and_jobs_spread_over_nodes(cwd: Path) -> None:
+def ranks_placed(cwd: Path, nodes: int) -> dict[str, tuple[str, str]]:
+    """One job of 2 ranks with a GPU each over `nodes` nodes: each rank's (node, gpu) as it reported them."""
     report = "sh -c 'echo rank=$SLURM_PROCID node=$SLURMD_NODENAME gpu=$CUDA_VISIBLE_DEVICES' x"
     result = sweep(cwd, "--command", f"ranks={report}", "--num-seeds", "1", "--slurm-ntasks", "2",
-                   "--slurm-gpus-per-task", "1", "--slurm-nodes", "2", "--wait")
+                   "--slurm-gpus-per-task", "1", "--slurm-nodes", str(nodes), "--wait")
     assert result.returncode == 0, result.stdout + result.stderr
     log = (cwd / "r" / records(cwd / "r")["ranks/1"]["log"]).read_text()
-    ranks = dict(line.split(" ", 1) for line in log.splitlines() if line.startswith("rank="))
+    ranks = {rank: tuple(where.split()) for rank, where in
+             (line.split(" ", 1) for line in log.splitlines() if line.startswith("rank="))}
     assert set(ranks) == {"rank=0", "rank=1"}, log
-    nodes = {part.split()[0] for part in ranks.values()}
-    assert nodes == {"node=node1", "node=node2"}, log
-    gpus = [part.split()[1] for part in ranks.values()]
-    assert all(g in ("gpu=0", "gpu=1") for g in gpus), log
+    return ranks
+
+
+def test_ranks_get_distinct_gpus_and_jobs_spread_over_nodes(cwd: Path) -> None:
+    spread = ranks_placed(cwd, nodes=2)
+    assert {node for node, _ in spread.values()} == {"node=node1", "node=node2"}, spread
+    assert all(gpu in ("gpu=0", "gpu=1") for _, gpu in spread.values()), spread
     # Two ranks on one node: each its own GPU of that node's two.
     packed = cwd / "packed"
     packed.mkdir()
-    result = sweep(packed, "--command", f"packed={report}", "--num-seeds", "1", "--slurm-ntasks", "2",
-                   "--slurm-gpus-per-task", "1", "--slurm-nodes", "1", "--wait")
-    assert result.returncode == 0, result.stdout + result.stderr
-    log = (packed / "r" / records(packed / "r")["packed/1"]["log"]).read_text()
-    ranks = dict(line.split(" ", 1) for line in log.splitlines() if line.startswith("rank="))
-    assert len({part.split()[0] for part in ranks.values()}) == 1, log
-    assert sorted(part.split()[1] for part in ranks.values()) == ["gpu=0", "gpu=1"], log
+    together = ranks_placed(packed, nodes=1)
+    assert len({node for node, _ in together.values()}) == 1, together
+    assert sorted(gpu for _, gpu in together.values()) == ["gpu=0", "gpu=1"], together
 
 
 def test_a_failing_seed_is_recorded_and_resume_resubmits_only_it(cwd: Path) -> None:
