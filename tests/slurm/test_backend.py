@@ -153,9 +153,13 @@ def test_sbatch_refusing_one_variant_leaves_the_others_submitted(cwd: Path) -> N
 def test_controller_down_mid_sweep_loses_no_task(cwd: Path) -> None:
     # Long enough to be seen running: sacct learns of a start through slurmdbd, seconds late under load
     # (a 4 s task once went from PENDING to COMPLETED between two looks).
-    result = sweep(cwd, "--command", "slow=sleep 15", "--num-seeds", "2", "--seed-flag", "")
+    result = sweep(cwd, "--command", "slow=echo started; sleep 15", "--num-seeds", "2", "--seed-flag", "")
     assert result.returncode == 0, result.stderr
     wait_for(lambda: states(cwd) == ["RUNNING", "RUNNING"], what="both tasks to run")
+    # Their scripts too: Slurm says RUNNING from the allocation on, and a controller stopped before the
+    # launch (in CI once, 25 ms after the allocation) leaves the tasks RUNNING for good, never run.
+    logs = [cwd / "r" / job["log"] for job in records(cwd / "r").values()]
+    wait_for(lambda: all(log.exists() and "started" in log.read_text() for log in logs), what="both scripts to run")
     subprocess.run(["bash", str(REPO / "scripts" / "slurm-down.sh"), "slurmctld"], check=True, timeout=60)
     try:
         down = run_cli("status", "r", cwd=cwd)

@@ -23,8 +23,12 @@ def write_script(run_dir: Path, **values: object) -> Path:
     return script
 
 
+def log_path(run_dir: Path, job_id: str, index: int) -> Path:
+    return run_dir / "logs" / f"trl_{job_id}_{index}.out"
+
+
 def log_of(run_dir: Path, job_id: str, index: int) -> str:
-    return (run_dir / "logs" / f"trl_{job_id}_{index}.out").read_text()
+    return log_path(run_dir, job_id, index).read_text()
 
 
 def ranks(log: str) -> dict[str, tuple[str, str]]:
@@ -103,14 +107,14 @@ def test_bogus_partition_is_refused_by_sbatch(lab, run_dir):
 
 
 def test_controller_restart_keeps_running_jobs(lab, run_dir):
-    # Long enough to end only after the controller is back: a task that ends while it is down stayed
-    # RUNNING in sacct for over 90 s once (its completion reaches accounting late), here 10 s tasks did.
-    job = lab.submit(write_script(run_dir, command="sleep 30; echo", seeds=[1, 2]))
-    # Running, not merely queued, when the controller goes: queued tasks would survive anything.
+    job = lab.submit(write_script(run_dir, command="echo started; sleep 15; echo", seeds=[1, 2]))
+    # Each task's own output, not squeue's RUNNING, says its script runs: squeue reads RUNNING from the
+    # allocation on, and a controller stopped between allocation and launch (25 ms apart in a CI run) left
+    # both tasks RUNNING for good, their scripts never run.
     deadline = time.monotonic() + 60
-    while subprocess.run(["squeue", "-j", job, "-h", "-o", "%T"], capture_output=True, text=True,
-                         timeout=60).stdout.split() != ["RUNNING", "RUNNING"]:
-        assert time.monotonic() < deadline, "the tasks did not start within 60 s"
+    logs = [log_path(run_dir, job, index) for index in (0, 1)]
+    while not all(log.exists() and "started" in log.read_text() for log in logs):
+        assert time.monotonic() < deadline, "the tasks' scripts did not start within 60 s"
         time.sleep(0.2)
     subprocess.run(["bash", lab.scripts / "slurm-down.sh", "slurmctld"], check=True, timeout=60)
     try:
