@@ -12,6 +12,12 @@ as the median of --repeats interleaved runs, the overhead per job (whole process
 seconds of the whole process tree, and the makespan (first job start to last job end) against the
 ideal: ceil(jobs / workers) times one job's duration alone. Ratios are the median of each round's
 ratio: on a shared machine the load drifts between rounds by more than the differences measured.
+
+All three run with bytecode caches, as an installed package does (PYTHONDONTWRITEBYTECODE, set on
+some machines, would make ours compile its modules on every start), after one untimed warm-up round.
+Ours writes a file per job (its log); what creating a file costs on the run dir's filesystem is
+measured and printed too: on an ext4 without journal that has seen many deletions it rose from
+0.07 ms to over 1 ms here, while TRL's pool creates no file at all.
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -87,11 +92,14 @@ class Run(NamedTuple):
     makespan: float | None  # first job start to last job end
 
 
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def timed(argv: list[str], cwd: Path) -> tuple[float, float, str]:
     """Whole-process wall time, CPU seconds of it and its children, and what it printed. On 2 cores
     the sleep jobs are CPU-bound, so the CPU seconds are what the makespan follows."""
     start = time.perf_counter()
-    process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     out = process.stdout.read()  # type: ignore[union-attr]
     _, status, usage = os.wait4(process.pid, 0)
     took = time.perf_counter() - start
@@ -102,8 +110,9 @@ def timed(argv: list[str], cwd: Path) -> tuple[float, float, str]:
 
 
 def ours(command: str, jobs: int, workers: int, cwd: Path) -> Run:
-    run_dir = cwd / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)
+    # A fresh folder each round, all removed at the end: deleting the last round's files just before
+    # this one would slow the file creations measured here (ext4 skips recently freed inodes).
+    run_dir = Path(tempfile.mkdtemp(dir=cwd)) / "run"
     took, cpu, _ = timed(
         [sys.executable, str(REPO / "benchmark" / "benchmark.py"), "--command", command, "--num-seeds", str(jobs),
          "--workers", str(workers), "--no-auto-tag", "--run-dir", str(run_dir)],
@@ -129,6 +138,15 @@ def trl_script(command: str, jobs: int, workers: int, cwd: Path) -> Run:
     return Run(took, cpu, None)
 
 
+def file_creation_ms(where: Path, files: int = 200) -> float:
+    """CPU milliseconds to create one empty file in a fresh folder under `where`."""
+    folder = Path(tempfile.mkdtemp(dir=where))
+    start = time.process_time()
+    for i in range(files):
+        (folder / f"seed-{i}.log").open("wb").close()
+    return (time.process_time() - start) / files * 1000
+
+
 def job_alone(command: str, cwd: Path, repeats: int = 10) -> float:
     return statistics.median(timed(["/bin/sh", "-c", command + " --seed 1"], cwd)[0] for _ in range(repeats))
 
@@ -149,8 +167,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
+        print(f"creating a file in {tmp}: {file_creation_ms(cwd):.2f} ms CPU")
         for label, command in (("true", "true"), ("python sleep 50 ms", SLEEP_JOB)):
             runs: dict[str, list[Run]] = {"ours (logs+manifest)": [], "TRL thread pool": [], "TRL's script as is": []}
+            ours(command, args.jobs, args.workers, cwd)  # warm-up: bytecode caches, page cache
+            trl(command, args.jobs, args.workers, cwd)
             for _ in range(args.repeats):  # interleaved, so that all three see the same machine load
                 runs["ours (logs+manifest)"].append(ours(command, args.jobs, args.workers, cwd))
                 runs["TRL thread pool"].append(trl(command, args.jobs, args.workers, cwd))
@@ -170,6 +191,7 @@ def main() -> None:
             print(f"  ours / TRL thread pool, median of per-round ratios: {paired(mine, pool, 'wall'):.2f}x whole "
                   f"process, {paired(mine, pool, 'makespan'):.2f}x makespan, {paired(mine, pool, 'cpu'):.2f}x CPU; "
                   f"ours / TRL's script: {paired(mine, script, 'wall'):.2f}x whole process")
+        print(f"\ncreating a file in {tmp}, after the runs: {file_creation_ms(cwd):.2f} ms CPU")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Local backend: a pool of at most `workers` subprocesses, each on its own GPU(s).
 
-Each job runs through a tiny sh wrapper that writes the job's exit code next to its log, so a job
-that outlives a killed harness still records how it ended. Each job is its own process group, so
-stopping a job stops everything it started.
+Each job runs through a tiny sh wrapper that writes the job's exit code next to its log when the
+harness is gone, so a job that outlives a killed harness still records how it ended. Each job is its
+own process group, so stopping a job stops everything it started.
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ from benchmark.tags import merge_wandb_tags
 from benchmark.view import SweepView, final_summary, say
 
 # `eval "$1"` runs the command exactly as `sh -c` would; the EXIT trap writes its exit code even
-# when the command itself calls `exit`.
-_WRAPPER = 'trap \'echo $? > "$2"\' EXIT; eval "$1"'
+# when the command itself calls `exit`, but only if the harness ($3) is gone: a live one records it
+# from wait(), and a file per job costs a file creation (up to 1 ms on a busy ext4, a round trip on
+# NFS). A job that ends in the very moment the harness dies is LOST, and resumed.
+_WRAPPER = 'trap \'code=$?; kill -0 "$3" 2>/dev/null || echo $code > "$2"\' EXIT; eval "$1"'
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -218,6 +220,7 @@ class _Pool:
         self.running: dict[int, tuple[JobRecord, list[str]]] = {}
         self.starter = ThreadPoolExecutor(max_workers=self.width, thread_name_prefix="benchmark-start")
         self.redactor = Redactor()
+        self.pid = str(os.getpid())
         self.env = self._base_env()
         self.view = SweepView([manifest.jobs[i] for i in ids], self.redactor)
         for variant in {record.variant for record in self.queue}:
@@ -303,7 +306,7 @@ class _Pool:
             env["CUDA_VISIBLE_DEVICES"] = record.gpus
         with open(self.run_dir / record.log, "wb") as out:
             process = subprocess.Popen(
-                ["/bin/sh", "-c", _WRAPPER, "sh", record.command, str(exit_path(self.run_dir, record))],
+                ["/bin/sh", "-c", _WRAPPER, "sh", record.command, str(exit_path(self.run_dir, record)), self.pid],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env=env, cwd=self.manifest.plan["cwd"], start_new_session=True,
             )

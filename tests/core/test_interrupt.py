@@ -110,7 +110,7 @@ def test_harness_killed_then_resume_runs_exactly_the_unfinished_seeds(cwd: Path)
     harness.wait()
     # The orphaned jobs run on and leave their exit codes behind.
     wait_for(lambda: len(lines(cwd / "ran")) == 4, what="the orphaned jobs to end")
-    time.sleep(0.2)
+    wait_for(lambda: len(list((cwd / "r").rglob("*.exit"))) == 2, what="the orphans' exit files")
     status = run_cli("status", "r", cwd=cwd)
     assert status.returncode == 0
     assert "4 COMPLETED, 2 PENDING" in status.stdout, status.stdout
