@@ -169,8 +169,8 @@ def test_optional_paths_run(run_ppo, small: list[str]) -> None:
     assert all(math.isfinite(v) for m in history for v in m.values()), history
 
 
-# Under torchrun: train as `python -m trl_ppo.ppo` does, then save this process's own policy, so that the
-# test can compare the processes' weights (only rank 0 saves through --output_dir).
+# Each process trains as `python -m trl_ppo.ppo` does, then saves its own policy, so that the test can
+# compare the processes' weights (only rank 0 saves through --output_dir).
 EACH_RANK_SAVES = """
 import os, sys, torch
 from trl_ppo import ppo
@@ -188,12 +188,13 @@ torch.save(policies[0].state_dict(), os.path.join(out, "rank" + os.environ["RANK
 
 
 @pytest.mark.slow
-def test_two_processes_under_torchrun(stand_in_flags: list[str], tmp_path: Path) -> None:
-    """DDP as under `accelerate launch`, here on CPU (gloo): each process its own rollouts, one update."""
+def test_two_processes_under_accelerate_launch(stand_in_flags: list[str], tmp_path: Path) -> None:
+    """DDP under `accelerate launch`, here on CPU (gloo): each process its own rollouts, one update."""
     script = tmp_path / "each_rank_saves.py"
     script.write_text(EACH_RANK_SAVES)
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
          *stand_in_flags, "--ppo_config.batch_size", "8", "--ppo_config.mini_batch_size", "4",
          "--ppo_config.gradient_accumulation_steps", "2", "--ppo_config.steps", "16", "--max_new_tokens", "4",
          "--output_dir", str(tmp_path)],
