@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from benchmark.report.aggregate import Curve
@@ -17,7 +18,8 @@ _MAX_DRAWN = 1500
 
 
 def plot(curves: dict[str, dict[str, Curve]], x_axis: str, title: str, stem: Path, band_name: str) -> list[Path]:
-    """Draw `curves[metric][variant]` and write `stem`.png and `stem`.svg; returns both paths.
+    """Draw `curves[metric][variant]` and write `stem`.png and `stem`.svg, and the numbers drawn
+    (every point, before thinning) to `stem`.csv; returns the three paths.
 
     A `Figure` is built directly rather than through pyplot, so no global figure state or GUI
     backend is involved and nothing needs closing.
@@ -50,7 +52,19 @@ def plot(curves: dict[str, dict[str, Curve]], x_axis: str, title: str, stem: Pat
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     for path in paths:
         figure.savefig(path, dpi=120)
-    return paths
+    _table(curves, x_axis).to_csv(stem.with_suffix(".csv"), index=False)
+    return [*paths, stem.with_suffix(".csv")]
+
+
+def _table(curves: dict[str, dict[str, Curve]], x_axis: str) -> pd.DataFrame:
+    """One row per metric, variant and x: the seeds' mean, the band and how many seeds are in it."""
+    parts = [
+        pd.DataFrame({"metric": metric, "variant": variant, x_axis: c.x, "mean": c.mean, "low": c.low,
+                      "high": c.high, "seeds": c.n})
+        for metric, per_variant in curves.items()
+        for variant, c in per_variant.items()
+    ]
+    return pd.concat(parts, ignore_index=True)
 
 
 def _thinned(c: Curve) -> Curve:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import csv
 import io
+import itertools
 import os
 import shutil
 import statistics
@@ -150,6 +152,53 @@ def test_labels_filters_and_wall_time(sweep: Sweep, tmp_path: Path) -> None:
     assert main(args) == 0
     assert set(table(tmp_path)) == {"baseline", "sentiment_tuning_step_grad_accu", "sentiment_tuning_peft"}
     assert_real_image(tmp_path / "curves.png")
+
+
+def curve_rows(csv_path: Path, metric: str, variant: str) -> list[dict[str, float]]:
+    with open(csv_path) as f:
+        return [{k: float(v) if v else float("nan") for k, v in row.items() if k not in ("metric", "variant")}
+                for row in csv.DictReader(f) if row["metric"] == metric and row["variant"] == variant]
+
+
+def test_curve_numbers_follow_x_axis_smoothing_and_band(sweep: Sweep, tmp_path: Path) -> None:
+    variant, metric = "sentiment_tuning_peft", "env/reward_mean"
+    args = ["--wandb-dir", str(sweep.wandb_dir), "--metrics", metric]
+    assert main([*args, "--output-dir", str(tmp_path / "a"), "--smooth", "5"]) == 0
+    # By hand: per seed a rolling mean over 5 logged steps (fewer at the start), then mean and std over seeds.
+    smoothed = []
+    for seed in sweep.seeds:
+        values = [row[metric] for row in sweep.runs[variant, seed].rows]
+        smoothed.append([statistics.fmean(values[max(0, i - 4) : i + 1]) for i in range(len(values))])
+    rows = curve_rows(tmp_path / "a" / "curves.csv", metric, variant)
+    assert [row["_step"] for row in rows] == list(range(len(smoothed[0])))
+    for row, *at_step in zip(rows, *smoothed, strict=True):
+        assert row["mean"] == pytest.approx(statistics.fmean(at_step))
+        assert row["high"] - row["mean"] == pytest.approx(statistics.stdev(at_step))
+        assert row["mean"] - row["low"] == pytest.approx(statistics.stdev(at_step))
+        assert row["seeds"] == len(sweep.seeds)
+
+    # Wall time on x: every time either seed logged. A seed counts where it logged, or between two of
+    # its points at most 1.5 logging intervals apart (interpolated); not across a longer gap.
+    assert main([*args, "--output-dir", str(tmp_path / "b"), "--x-axis", "_runtime", "--band", "ci95"]) == 0
+    histories = [offline.read_run(sweep.runs[variant, seed].file)[0].history for seed in sweep.seeds]
+    rows = curve_rows(tmp_path / "b" / "curves.csv", metric, variant)
+    assert [row["_runtime"] for row in rows] == sorted({t for h in histories for t in h["_runtime"]})
+    for row in rows:
+        at = []
+        for h in histories:
+            times, values = h["_runtime"].to_list(), h[metric].to_list()
+            after = bisect.bisect_left(times, row["_runtime"])
+            if row["_runtime"] in times:
+                at.append(values[after])
+            elif 0 < after < len(times) and times[after] - times[after - 1] <= 1.5 * statistics.median(
+                b - a for a, b in itertools.pairwise(times)
+            ):
+                at.append(float(np.interp(row["_runtime"], times, values)))
+        assert row["seeds"] == len(at) and row["mean"] == pytest.approx(statistics.fmean(at))
+        if len(at) == 2:
+            # Bootstrap means of two seeds are a, (a + b) / 2 or b, with chances 1/4, 1/2, 1/4: the 95%
+            # interval is [a, b], narrower than the std band (mean +- |a - b| / sqrt 2).
+            assert (row["low"], row["high"]) == pytest.approx((min(at), max(at)))
 
 
 def test_terminal_table_and_warnings(report: Report, sweep: Sweep) -> None:
