@@ -151,9 +151,11 @@ def job_alone(command: str, cwd: Path, repeats: int = 10) -> float:
     return statistics.median(timed(["/bin/sh", "-c", command + " --seed 1"], cwd)[0] for _ in range(repeats))
 
 
-def paired(ours_runs: list[Run], base_runs: list[Run], field: str) -> float:
-    """Median of the per-round ratios: each round's two runs saw the same machine load."""
-    return statistics.median(getattr(a, field) / getattr(b, field) for a, b in zip(ours_runs, base_runs, strict=True))
+def paired(ours_runs: list[Run], base_runs: list[Run], field: str) -> str:
+    """Median of the per-round ratios (each round's runs saw the same machine load), and their range:
+    how far apart rounds are shows how much of a few-percent difference is noise."""
+    ratios = sorted(getattr(a, field) / getattr(b, field) for a, b in zip(ours_runs, base_runs, strict=True))
+    return f"{statistics.median(ratios):.2f}x ({ratios[0]:.2f}-{ratios[-1]:.2f})"
 
 
 def main() -> None:
@@ -188,9 +190,9 @@ def main() -> None:
                 makespan = f"{span:>9.3f} s{span / ideal:>8.2f}x" if span else f"{'-':>11}{'-':>9}"
                 print(f"  {name:22}{took:>12.3f} s{took / args.jobs * 1000:>7.2f} ms{cpu:>7.2f} s{makespan}")
             mine, pool, script = runs.values()
-            print(f"  ours / TRL thread pool, median of per-round ratios: {paired(mine, pool, 'wall'):.2f}x whole "
-                  f"process, {paired(mine, pool, 'makespan'):.2f}x makespan, {paired(mine, pool, 'cpu'):.2f}x CPU; "
-                  f"ours / TRL's script: {paired(mine, script, 'wall'):.2f}x whole process")
+            print(f"  ours / TRL thread pool, median (range) of per-round ratios: {paired(mine, pool, 'wall')} whole "
+                  f"process, {paired(mine, pool, 'makespan')} makespan, {paired(mine, pool, 'cpu')} CPU")
+            print(f"  ours / TRL's script: {paired(mine, script, 'wall')} whole process")
         print(f"\ncreating a file in {tmp}, after the runs: {file_creation_ms(cwd):.2f} ms CPU")
 
 
