@@ -18,9 +18,12 @@ ppo="python -m trl_ppo.ppo --ppo_config.log_with wandb --ppo_config.model_name $
 --ppo_config.reward_model sentiment-analysis:$assets/distilbert-imdb --ppo_config.query_dataset $assets/imdb \
 --ppo_config.batch_size 16 --ppo_config.mini_batch_size 16 --ppo_config.ppo_epochs 2 --max_new_tokens 8 \
 --ppo_config.steps 480"
+# LoRA adapts the output projection too: on this 2-layer stand-in, adapters on attention alone (PEFT's
+# default for GPT-2) do not raise the reward (tests/ppo/test_learning.py, results/ppo/).
 python benchmark/benchmark.py \
   --command "$ppo --ppo_config.exp_name sentiment --ppo_config.learning_rate 1e-3" \
-  --command "$ppo --ppo_config.exp_name sentiment_peft --use_peft --ppo_config.learning_rate 3e-3" \
+  --command "$ppo --ppo_config.exp_name sentiment_peft --use_peft --lora_r 4 --lora_target_modules c_attn lm_head \
+--ppo_config.learning_rate 1e-2" \
   --num-seeds 2 --workers 2 --run-dir "$run"
 benchmark report --wandb-dir "$run/wandb" --run-dir "$run" --output-dir "$run/report"
 echo "report: $run/report/index.html"
