@@ -146,6 +146,7 @@ def test_cli_reports_bad_settings() -> None:
     assert "error: batch_size (100) must be a multiple" in done.stderr
 
 
+@pytest.mark.slow
 def test_bf16_changes_the_arithmetic_not_the_algorithm(run_ppo, small: list[str]) -> None:
     # The GPU test cannot tell an ignored --bf16 from a working one; here bf16 autocast runs on the CPU.
     keys = ["env/reward_mean", "ppo/loss/total", "ppo/policy/ratio"]

@@ -181,18 +181,17 @@ def test_curve_numbers_follow_x_axis_smoothing_and_band(sweep: Sweep, tmp_path: 
     # its points at most 1.5 logging intervals apart (interpolated); not across a longer gap.
     assert main([*args, "--output-dir", str(tmp_path / "b"), "--x-axis", "_runtime", "--band", "ci95"]) == 0
     histories = [offline.read_run(sweep.runs[variant, seed].file)[0].history for seed in sweep.seeds]
+    seeds = [(h["_runtime"].to_list(), h[metric].to_list()) for h in histories]
+    longest_gap = [1.5 * statistics.median(b - a for a, b in itertools.pairwise(times)) for times, _ in seeds]
     rows = curve_rows(tmp_path / "b" / "curves.csv", metric, variant)
-    assert [row["_runtime"] for row in rows] == sorted({t for h in histories for t in h["_runtime"]})
+    assert [row["_runtime"] for row in rows] == sorted({t for times, _ in seeds for t in times})
     for row in rows:
         at = []
-        for h in histories:
-            times, values = h["_runtime"].to_list(), h[metric].to_list()
+        for (times, values), gap in zip(seeds, longest_gap, strict=True):
             after = bisect.bisect_left(times, row["_runtime"])
             if row["_runtime"] in times:
                 at.append(values[after])
-            elif 0 < after < len(times) and times[after] - times[after - 1] <= 1.5 * statistics.median(
-                b - a for a, b in itertools.pairwise(times)
-            ):
+            elif 0 < after < len(times) and times[after] - times[after - 1] <= gap:
                 at.append(float(np.interp(row["_runtime"], times, values)))
         assert row["seeds"] == len(at) and row["mean"] == pytest.approx(statistics.fmean(at))
         if len(at) == 2:
