@@ -8,8 +8,8 @@ machine, Python's start-up rather than the sleep dominates). For each, the whole
   - TRL's approach, the goal's baseline: tyro imported, then ThreadPoolExecutor + Popen(shlex.split(...)),
     nothing kept (0.37 s here for 200 x true, as the issue measured TRL at 0.39 s), and
   - TRL's script as released: argparse, `requests` imported, each job's output captured through pipes,
-as the median of --repeats interleaved runs, the overhead per job (whole process / jobs), the CPU
-seconds of the whole process tree, and the makespan (first job start to last job end) against the
+as the median of --repeats interleaved rounds (each contender first in turn), the overhead per job
+(whole process / jobs), the CPU seconds of the whole process tree, and the makespan (first job start to last job end) against the
 ideal: ceil(jobs / workers) times one job's duration alone. Ratios are the median of each round's
 ratio: on a shared machine the load drifts between rounds by more than the differences measured.
 
@@ -171,13 +171,15 @@ def main() -> None:
         cwd = Path(tmp)
         print(f"creating a file in {tmp}: {file_creation_ms(cwd):.2f} ms CPU")
         for label, command in (("true", "true"), ("python sleep 50 ms", SLEEP_JOB)):
-            runs: dict[str, list[Run]] = {"ours (logs+manifest)": [], "TRL thread pool": [], "TRL's script as is": []}
+            contenders = {"ours (logs+manifest)": ours, "TRL thread pool": trl, "TRL's script as is": trl_script}
+            runs: dict[str, list[Run]] = {name: [] for name in contenders}
             ours(command, args.jobs, args.workers, cwd)  # warm-up: bytecode caches, page cache
             trl(command, args.jobs, args.workers, cwd)
-            for _ in range(args.repeats):  # interleaved, so that all three see the same machine load
-                runs["ours (logs+manifest)"].append(ours(command, args.jobs, args.workers, cwd))
-                runs["TRL thread pool"].append(trl(command, args.jobs, args.workers, cwd))
-                runs["TRL's script as is"].append(trl_script(command, args.jobs, args.workers, cwd))
+            order = list(contenders)
+            for _ in range(args.repeats):  # interleaved, so that all three see the same machine load,
+                for name in order:  # and in turn first, so that none always follows the same one
+                    runs[name].append(contenders[name](command, args.jobs, args.workers, cwd))
+                order = order[1:] + order[:1]
             ideal = math.ceil(args.jobs / args.workers) * job_alone(command, cwd)
             print(f"\n{label}: one job alone {ideal / math.ceil(args.jobs / args.workers) * 1000:.1f} ms, "
                   f"ideal makespan {ideal:.2f} s")
