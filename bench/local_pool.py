@@ -9,9 +9,10 @@ machine, Python's start-up rather than the sleep dominates). For each, the whole
     nothing kept (0.37 s here for 200 x true, as the issue measured TRL at 0.39 s), and
   - TRL's script as released: argparse, `requests` imported, each job's output captured through pipes,
 as the median of --repeats interleaved rounds (each contender first in turn), the overhead per job
-(whole process / jobs), the CPU seconds of the whole process tree, and the makespan (first job start to last job end) against the
-ideal: ceil(jobs / workers) times one job's duration alone. Ratios are the median of each round's
-ratio: on a shared machine the load drifts between rounds by more than the differences measured.
+(whole process / jobs), the CPU seconds of the whole process tree, and the makespan (first job start
+to last job end) against the ideal: ceil(jobs / workers) times one job's duration alone. Ratios are
+the median of each round's ratio: on a shared machine the load drifts between rounds by more than
+the differences measured.
 
 All three run with bytecode caches, as an installed package does (PYTHONDONTWRITEBYTECODE, set on
 some machines, would make ours compile its modules on every start), after one untimed warm-up round.
