@@ -46,3 +46,8 @@ def wait_for(condition: Callable[[], object], timeout: float = 60, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def wait_for_logged(logs: list[Path], text: str, what: str) -> None:
+    """Poll until every log exists and holds `text`: a job's own output, not a scheduler's state."""
+    wait_for(lambda: all(log.exists() and text in log.read_text() for log in logs), what=what)

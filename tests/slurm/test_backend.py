@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli import REPO, clean_env, cli_argv, records, run_cli, wait_for
+from cli import REPO, clean_env, cli_argv, records, run_cli, wait_for, wait_for_logged
 
 pytestmark = pytest.mark.slurm
 TEMPLATE = str(REPO / "templates" / "trl.slurm_template")
@@ -159,7 +159,7 @@ def test_controller_down_mid_sweep_loses_no_task(cwd: Path) -> None:
     # Their scripts too: Slurm says RUNNING from the allocation on, and a controller stopped before the
     # launch (in CI once, 25 ms after the allocation) leaves the tasks RUNNING for good, never run.
     logs = [cwd / "r" / job["log"] for job in records(cwd / "r").values()]
-    wait_for(lambda: all(log.exists() and "started" in log.read_text() for log in logs), what="both scripts to run")
+    wait_for_logged(logs, "started", what="both scripts to run")
     subprocess.run(["bash", str(REPO / "scripts" / "slurm-down.sh"), "slurmctld"], check=True, timeout=60)
     try:
         down = run_cli("status", "r", cwd=cwd)

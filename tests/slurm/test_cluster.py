@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli import wait_for
+from cli import wait_for_logged
 
 from benchmark.templates import DEFAULT_TEMPLATE, exit_file, render
 
@@ -113,7 +113,7 @@ def test_controller_restart_keeps_running_jobs(lab, run_dir):
     # allocation on, and a controller stopped between allocation and launch (25 ms apart in a CI run) left
     # both tasks RUNNING for good, their scripts never run.
     logs = [log_path(run_dir, job, index) for index in (0, 1)]
-    wait_for(lambda: all(log.exists() and "started" in log.read_text() for log in logs), what="both scripts to run")
+    wait_for_logged(logs, "started", what="both scripts to run")
     subprocess.run(["bash", lab.scripts / "slurm-down.sh", "slurmctld"], check=True, timeout=60)
     try:
         assert subprocess.run(["scontrol", "ping"], capture_output=True, timeout=60).returncode != 0
