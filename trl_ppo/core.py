@@ -4,6 +4,8 @@ Shapes: B rollouts, N response positions. `mask` is 1 on the tokens a rollout ge
 the N positions), 0 on the padding after its end.
 """
 
+import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -81,7 +83,9 @@ def gae(
     """Generalised advantage estimation over the response tokens: (whitened advantages, returns)."""
     values, rewards = values * mask, rewards * mask
     if whiten_rewards:
-        rewards = masked_whiten(rewards, mask, shift_mean=False)
+        # Zero again after the end: classic TRL leaves its padding a reward of mean * (1 - 1/std) there,
+        # which flows back into the advantages by an amount set by how much padding a row has.
+        rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
     advantages = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
     n = rewards.shape[1]
@@ -100,6 +104,126 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1)
 
 
+# Rows of (rows x vocabulary) logits computed at a time: a few MiB on a CPU, so that temporaries stay in
+# cache and below the allocator's mmap threshold (a fresh 100 MB tensor per op costs as much in page
+# faults as the op itself); larger on a GPU, where each chunk is a few kernel launches.
+CHUNK_BYTES = {"cpu": 8 << 20, "cuda": 512 << 20}
+
+
+def chunk_rows(vocab_size: int, device: torch.device) -> int:
+    return max(1, CHUNK_BYTES.get(device.type, CHUNK_BYTES["cuda"]) // (4 * vocab_size))
+
+
+class _HeadLogProbs(torch.autograd.Function):
+    """log p(token) and the entropy of softmax(hidden @ weight.T + bias), row chunk by row chunk, in float32.
+
+    The (rows x vocabulary) logits never exist whole: each chunk's are computed into one reused buffer.
+    When a backward will follow, the softmax of every row is kept for it (d log p / d logits =
+    onehot(token) - softmax), so the backward needs no second projection.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, tokens, with_entropy: bool, for_backward: bool):  # noqa: ANN001, ANN205
+        n_rows, rows = len(hidden), chunk_rows(weight.shape[0], hidden.device)
+        logits_buffer = hidden.new_empty(min(rows, n_rows), weight.shape[0])
+        probs = hidden.new_empty(n_rows if for_backward else len(logits_buffer), weight.shape[0])
+        logprobs, entropy = hidden.new_empty(n_rows), hidden.new_empty(n_rows)
+        for start in range(0, n_rows, rows):
+            part = slice(start, min(start + rows, n_rows))
+            logits = logits_buffer[: part.stop - start]
+            torch.mm(hidden[part], weight.T, out=logits)
+            if bias is not None:
+                logits += bias
+            chunk_probs = probs[part] if for_backward else probs[: len(logits)]
+            torch.softmax(logits, -1, out=chunk_probs)
+            # logsumexp = max - log(softmax at the max): exact, and cheaper than a separate pass.
+            top, argmax = logits.max(-1)
+            lse = top - chunk_probs.gather(1, argmax[:, None]).squeeze(1).log()
+            logprobs[part] = logits.gather(1, tokens[part, None]).squeeze(1) - lse
+            if with_entropy:  # H = logsumexp - sum(softmax * logits), the dot product without a temporary
+                entropy[part] = lse - torch.bmm(chunk_probs[:, None], logits[:, :, None]).view(-1)
+        ctx.probs = probs if for_backward else None
+        ctx.save_for_backward(hidden, weight, bias, tokens)
+        ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, _grad_entropy):  # noqa: ANN001, ANN205
+        hidden, weight, bias, tokens = ctx.saved_tensors
+        # The kept softmax is used once: it becomes the gradient in place.
+        grad_logits, ctx.probs = ctx.probs.mul_(-grad_logprobs[:, None]), None
+        grad_logits[torch.arange(len(tokens), device=tokens.device), tokens] += grad_logprobs
+        grad_hidden = grad_logits @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad_logits.T @ hidden if ctx.needs_input_grad[1] else None
+        grad_bias = grad_logits.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+def head_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tokens: torch.Tensor, with_entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probabilities (B, N) of `tokens` under the output head, and (if asked) the entropies (B, N).
+
+    Always in float32, also under bf16 autocast: GPT-2's logits reach ~100, where bf16's spacing is 0.5.
+    """
+    for_backward = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    with torch.autocast(hidden.device.type, enabled=False):
+        logprobs, entropy = _HeadLogProbs.apply(
+            at_least_fp32(hidden.flatten(0, 1)), at_least_fp32(weight), at_least_fp32(bias), tokens.flatten(),
+            with_entropy, for_backward,
+        )
+    shape = tokens.shape
+    return logprobs.view(shape), entropy.view(shape) if with_entropy else None
+
+
+def at_least_fp32(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+@torch.no_grad()
+def full_kl(
+    hidden: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None],
+    ref_hidden: torch.Tensor, ref_head: tuple[torch.Tensor, torch.Tensor | None],
+) -> torch.Tensor:
+    """Exact KL(policy || reference) per position (B, N), over the whole vocabulary, chunk by chunk, float32."""
+    flat, ref_flat = at_least_fp32(hidden.flatten(0, 1)), at_least_fp32(ref_hidden.flatten(0, 1))
+    head, ref_head = [at_least_fp32(t) for t in head], [at_least_fp32(t) for t in ref_head]
+    rows = chunk_rows(head[0].shape[0], hidden.device)
+    kl = flat.new_empty(len(flat))
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, len(flat), rows):
+            part = slice(start, start + rows)
+            logp = F.linear(flat[part], *head).log_softmax(-1)
+            kl[part] = kl_penalty(logp, F.linear(ref_flat[part], *ref_head).log_softmax(-1), "full")
+    return kl.view(hidden.shape[:2])
+
+
+@dataclass
+class RunningMoments:
+    """Running mean and standard deviation of every score seen so far (classic TRL's score scaling)."""
+
+    mean: float = 0.0
+    var: float = 1.0
+    std: float = 1.0
+    count: float = 1e-24
+
+    def update(self, xs: torch.Tensor) -> None:
+        """Chan et al.'s parallel update with the batch `xs` (all processes' scores)."""
+        batch_var, batch_mean = torch.var_mean(xs.float(), unbiased=False)
+        n, total = xs.numel(), self.count + xs.numel()
+        delta = batch_mean.item() - self.mean
+        summed = self.var * self.count + delta**2 * self.count * n / total + batch_var.item() * n
+        self.mean += delta * n / total
+        self.var = summed / total
+        self.std = (self.var * total / (total - 1)) ** 0.5
+        self.count = total
+
+    def scale(self, scores: torch.Tensor, centre: bool) -> torch.Tensor:
+        """Scores divided by the running std, after subtracting the running mean if `centre`."""
+        factor = self.std + torch.finfo(scores.dtype).eps
+        return (scores - self.mean) / factor if centre else scores / factor
+
+
 def ppo_loss(
     logprobs: torch.Tensor,
     values: torch.Tensor,
@@ -112,12 +236,14 @@ def ppo_loss(
     cliprange_value: float,
     vf_coef: float,
     n_tokens: torch.Tensor | int | None = None,
+    ratio_threshold: float = math.inf,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped policy loss + vf_coef * clipped value loss, averaged over response tokens.
 
     `n_tokens` is the token count of the whole optimiser batch when this call sees one micro-batch of
     it: summing the micro-batch losses then gives exactly the full batch's mean, so mini_batch_size x
     gradient_accumulation_steps only splits the work and leaves the update alone. Default: this batch.
+    A batch whose mean ratio exceeds `ratio_threshold` gets a zero loss (classic TRL skips it).
     Returns (loss, stats); stats are this batch's own masked means, detached.
     """
     n_tokens = mask.sum() if n_tokens is None else n_tokens
@@ -134,10 +260,13 @@ def ppo_loss(
     pg_losses = -advantages * ratio
     pg_losses_clipped = -advantages * ratio.clamp(1.0 - cliprange, 1.0 + cliprange)
     pg_loss = token_mean(torch.max(pg_losses, pg_losses_clipped))
-    loss = pg_loss + vf_coef * vf_loss
 
     def mean(x: torch.Tensor) -> torch.Tensor:
         return masked_mean(x, mask)
+
+    keep = (mean(ratio.detach()) <= ratio_threshold).float()  # a tensor, not a branch: no device sync
+    pg_loss, vf_loss = pg_loss * keep, vf_loss * keep
+    loss = pg_loss + vf_coef * vf_loss
 
     with torch.no_grad():
         own_share = n_tokens / mask.sum()  # turns the losses back into this batch's own means

@@ -5,8 +5,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from trl_ppo import core
 
 
 class PolicyWithValueHead(nn.Module):
@@ -14,6 +18,7 @@ class PolicyWithValueHead(nn.Module):
 
     Dropout stays off everywhere: PPO's first pass must reproduce the rollout's log-probabilities
     exactly (ratio 1), and the split of a batch into micro-batches must not change the update.
+    (Classic TRL computes its training forward passes in eval mode too.)
     """
 
     def __init__(self, lm: PreTrainedModel) -> None:
@@ -23,30 +28,55 @@ class PolicyWithValueHead(nn.Module):
         self.v_head = nn.Linear(lm.config.get_text_config().hidden_size, 1, dtype=torch.float32)
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, N, V) predicting the last `n_response` tokens, and values (B, N) of their states."""
-        logits, hidden = response_logits(self.lm, input_ids, attention_mask, n_response)
-        return logits, self.v_head(hidden.float()).squeeze(-1)
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, responses: torch.Tensor, with_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Float32 log-probabilities of the responses (B, N), their entropies if asked, and values (B, N); and
+        the last hidden states (B, N, H) they came from."""
+        hidden = response_hidden(self.lm, input_ids, attention_mask, responses.shape[1])
+        logprobs, entropy = core.head_logprobs(hidden, *output_head(self.lm), responses, with_entropy)
+        with torch.autocast(hidden.device.type, enabled=False):
+            values = self.v_head(hidden.float()).squeeze(-1)
+        return logprobs, entropy, values, hidden
 
 
-def response_logits(
-    lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_response: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits (B, N, V) and last hidden states (B, N, H) at the positions predicting the responses.
+def response_hidden(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Last hidden states (B, N, H) at the positions that predict the last `n` tokens.
 
-    Queries are left-padded, so every response occupies the last `n_response` columns, and only the
-    positions that predict them need logits (the vocabulary projection dominates small models).
+    Queries are left-padded, so every response occupies the last `n` columns. Only the LM's body runs
+    here: the vocabulary projection, which dominates small models, is left to `core.head_logprobs`.
     """
-    out = lm(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids(attention_mask),
-        logits_to_keep=n_response + 1,
-        output_hidden_states=True,
-        use_cache=False,
+    out = backbone(lm)(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
     )
-    return out.logits[:, :-1].float(), out.hidden_states[-1][:, -(n_response + 1) : -1]
+    return out.last_hidden_state[:, -(n + 1) : -1]
+
+
+def backbone(lm: nn.Module) -> nn.Module:
+    """The transformer without its output head (GPT-2's `transformer`, Llama's `model`), LoRA layers included."""
+    model = lm.get_base_model() if isinstance(lm, PeftModel) else lm
+    body = model.base_model  # transformers' name for the module under `base_model_prefix`
+    if body is model:
+        raise ValueError(f"{type(model).__name__} has no separate body under its output head")
+    return body
+
+
+def output_head(lm: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of the LM's output projection as it acts now: with LoRA adapters folded in when active.
+
+    Differentiable in the LM's parameters, so gradients reach the head's weight or its adapters.
+    """
+    head = lm.get_output_embeddings()
+    if isinstance(head, LoraLayer):
+        base = head.get_base_layer()
+        weight = base.weight
+        if not head.disable_adapters and not head.merged:
+            for adapter in head.active_adapters:
+                if adapter in head.lora_A:
+                    weight = weight + head.get_delta_weight(adapter)
+        return weight, base.bias
+    if type(head) is not nn.Linear:
+        raise ValueError(f"unsupported output head {type(head).__name__}: expected a Linear layer")
+    return head.weight, head.bias
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -79,8 +109,6 @@ def load_policy(
     lm = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
     reference = None
     if use_peft:
-        from peft import LoraConfig, get_peft_model
-
         # No target modules: PEFT's default for the architecture (GPT-2: c_attn), as in TRL's example.
         lora = LoraConfig(
             r=lora_r, lora_alpha=lora_alpha, target_modules=lora_target_modules, bias="none", task_type="CAUSAL_LM"

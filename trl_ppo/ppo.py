@@ -2,7 +2,9 @@
 
 A causal LM continues IMDB review openings; the reward is the POSITIVE logit of a sentiment
 classifier; a per-token KL penalty keeps the policy near a frozen reference. Read `train` top to
-bottom: rollout -> rewards -> advantages -> PPO epochs -> KL controller -> logging.
+bottom: rollout -> reward -> `PPOTrainer.step` (forward pass -> rewards -> advantages -> PPO epochs ->
+statistics -> KL controller) -> logging. `PPOTrainer.step` takes the same inputs as classic TRL's
+`PPOTrainer.step(queries, responses, scores)` and computes the same numbers (tests/ppo/test_parity.py).
 
     python -m trl_ppo.ppo --ppo_config.log_with wandb
     python -m trl_ppo.ppo --ppo_config.model_name DIR/gpt2-imdb \\
@@ -16,20 +18,30 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import tyro
 from torch.nn.parallel import DistributedDataParallel
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
 from trl_ppo import core
-from trl_ppo.models import load_policy, load_tokenizer, reference_mode, response_logits, trainable_fraction
+from trl_ppo.models import (
+    PolicyWithValueHead,
+    load_policy,
+    load_tokenizer,
+    output_head,
+    reference_mode,
+    response_hidden,
+    trainable_fraction,
+)
 from trl_ppo.rewards import SentimentReward, parse_reward_model
 
 
@@ -51,8 +63,9 @@ class PPOConfig:
     """prompts: a dataset name or folder for `datasets.load_dataset`, with a `text` column"""
     reward_model: str = "sentiment-analysis:lvwerra/distilbert-imdb"
     """reward: `<pipeline task>:<model>`; the score is the model's POSITIVE logit"""
-    steps: int = 20000
-    """rollouts to train on in all; ceil(steps / batch_size) PPO steps, looping over the prompts"""
+    steps: int | None = None
+    """cap on the rollouts to train on: at most ceil(steps / batch_size) PPO steps. By default, and never
+    more than, one pass over the prompts, as the classic script's loop over its dataloader (drop_last)"""
     learning_rate: float = 1.41e-5
     """Adam learning rate"""
     adap_kl_ctrl: bool = True
@@ -90,7 +103,39 @@ class PPOConfig:
     max_grad_norm: float | None = None
     """clip the gradient norm to this (no clipping if unset)"""
     whiten_rewards: bool = False
-    """whiten the per-token rewards before computing advantages"""
+    """whiten the per-token rewards (over the response tokens) before computing advantages"""
+    ratio_threshold: float = 10.0
+    """skip a mini batch (zero its loss, with a warning) whose mean policy ratio exceeds this"""
+    use_score_scaling: bool = False
+    """divide the scores by the running standard deviation of all scores so far"""
+    use_score_norm: bool = False
+    """with use_score_scaling, also subtract the running mean"""
+    score_clip: float | None = None
+    """clip the (scaled) scores to [-score_clip, score_clip]"""
+    # Classic TRL flags accepted so that its command lines run; they change nothing here.
+    task_name: str | None = None
+    """accepted for classic command lines; not used"""
+    remove_unused_columns: bool = True
+    """accepted for classic command lines; not used (no dataset columns reach the trainer)"""
+    optimize_cuda_cache: bool | None = None
+    """accepted for classic command lines; not used (nothing to free between passes)"""
+    optimize_device_cache: bool = False
+    """accepted for classic command lines; not used (nothing to free between passes)"""
+    compare_steps: int = 1
+    """accepted for classic command lines; not used (it paces push_to_hub_if_best_kwargs)"""
+    dataset_num_proc: int | None = None
+    """accepted for classic command lines; not used (the prompts are tokenised once, in one call)"""
+
+
+# Classic PPOConfig flags that would change a run in a way this implementation does not offer.
+REFUSED_CLASSIC_FLAGS = {
+    "tracker_kwargs": "W&B settings come from WANDB_* variables (the harness sets them)",
+    "accelerator_kwargs": "there is no Accelerator object; launch with `accelerate launch` or `torchrun`",
+    "project_kwargs": "there is no Accelerator project; W&B settings come from WANDB_* variables",
+    "push_to_hub_if_best_kwargs": "nothing is pushed to the hub; use --output_dir",
+    "forward_batch_size": "removed in classic TRL too; use --ppo_config.mini_batch_size",
+    "gradient_checkpointing": "not implemented",
+}
 
 
 @dataclass
@@ -135,7 +180,9 @@ def validate(args: Args) -> None:
         (cfg.batch_size % backward_batch == 0,
          f"batch_size ({cfg.batch_size}) must be a multiple of mini_batch_size x gradient_accumulation_steps "
          f"({cfg.mini_batch_size} x {cfg.gradient_accumulation_steps} = {backward_batch})"),
-        (cfg.steps > 0 and cfg.ppo_epochs > 0, "steps and ppo_epochs must be positive"),
+        ((cfg.steps is None or cfg.steps > 0) and cfg.ppo_epochs > 0, "steps and ppo_epochs must be positive"),
+        (cfg.ratio_threshold > 0, "ratio_threshold must be positive"),
+        (cfg.score_clip is None or cfg.score_clip > 0, "score_clip must be positive"),
         (cfg.learning_rate > 0, "learning_rate must be positive"),
         (cfg.init_kl_coef >= 0, "init_kl_coef must not be negative"),
         (not cfg.adap_kl_ctrl or (cfg.target > 0 and cfg.horizon > 0),
@@ -180,6 +227,15 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def average(metrics: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each scalar averaged over all processes (itself when there is one), in one all-reduce."""
+    if not dist.is_initialized():
+        return metrics
+    values = torch.tensor(list(metrics.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    return dict(zip(metrics, (values / dist.get_world_size()).tolist(), strict=True))
+
+
 def load_reviews(name: str) -> list[str]:
     """The prompts' source, as in the classic script: training reviews longer than 200 characters."""
     from datasets import load_dataset
@@ -194,40 +250,61 @@ def encode_queries(tokenizer: PreTrainedTokenizerBase, reviews: list[str], lengt
 
 
 def batches(n_rows: int, batch_size: int, n_steps: int, seed: int, rank: int, world: int) -> Iterator[torch.Tensor]:
-    """Row indices of each PPO step: shuffled epochs over the prompts, each process its own slice."""
+    """Row indices of each PPO step: one shuffled pass over the prompts, each process its own slice."""
     if n_rows < world * batch_size:
         raise ValueError(f"{n_rows} prompts are too few for {world} x batch_size {batch_size}")
-    generator = torch.Generator().manual_seed(seed)
-    step = 0
-    while True:
-        order = torch.randperm(n_rows, generator=generator)
-        for start in range(0, n_rows - world * batch_size + 1, world * batch_size):
-            if step == n_steps:
-                return
-            yield order[start + rank * batch_size : start + (rank + 1) * batch_size]
-            step += 1
+    order = torch.randperm(n_rows, generator=torch.Generator().manual_seed(seed))
+    for step in range(n_steps):
+        start = (step * world + rank) * batch_size
+        yield order[start : start + batch_size]
 
 
-def left_pad(seqs: list[list[int]], pad_id: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def run_length(n_rows: int, batch_size: int, world: int, steps: int | None) -> int:
+    """PPO steps: one pass over the prompts (the last incomplete batch dropped), capped by `steps` rollouts."""
+    one_pass = n_rows // (world * batch_size)
+    return one_pass if steps is None else min(one_pass, math.ceil(steps / batch_size))
+
+
+def left_pad(seqs: list[torch.Tensor], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), each (B, width): every sequence right-aligned; width defaults to the longest."""
+    width = max(map(len, seqs)) if width is None else width
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, seq in enumerate(seqs):
-        ids[row, width - len(seq) :] = torch.tensor(seq)
+        ids[row, width - len(seq) :] = seq
         mask[row, width - len(seq) :] = 1
     return ids, mask
 
 
-def response_mask(responses: torch.Tensor, eos_id: int) -> torch.Tensor:
-    """1 on each response's tokens up to and including its first EOS, 0 on the padding after it.
+def right_pad(seqs: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, float mask), each (B, longest): every sequence left-aligned."""
+    ids, mask = left_pad([s.flip(0) for s in seqs], pad_id)
+    return ids.flip(1), mask.flip(1).float()
+
+
+def until_eos(responses: torch.Tensor, eos_id: int) -> list[torch.Tensor]:
+    """Each generated row up to and including its first EOS (the padding after it dropped), as classic TRL.
 
     The EOS is kept: ending the text was the policy's action too, and every response has a token.
     """
     is_eos = (responses == eos_id).long()
-    return ((is_eos.cumsum(1) - is_eos) == 0).float()
+    lengths = ((is_eos.cumsum(1) - is_eos) == 0).sum(1).tolist()
+    return [row[:n] for row, n in zip(responses, lengths, strict=True)]
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+class FullSampling(LogitsProcessor):
+    """Samples each next token from the whole softmax (top_k=0, top_p=1) and returns it one-hot.
+
+    `generate` then decodes greedily, i.e. takes the sampled token. Its own sampler, torch.multinomial,
+    draws an exponential variate for every vocabulary entry: two thirds of the CPU generation time at
+    GPT-2's 50,257 tokens. Here one uniform number per row picks the token from the cumulative sum.
+    """
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        cumulative = scores.float().softmax(-1).cumsum(-1)
+        uniform = torch.rand(len(scores), 1, device=scores.device) * cumulative[:, -1:]
+        tokens = torch.searchsorted(cumulative, uniform).clamp_(max=scores.shape[1] - 1)
+        return torch.full_like(scores, -math.inf).scatter_(1, tokens, 0.0)
 
 
 def clock(device: torch.device) -> float:
@@ -235,6 +312,159 @@ def clock(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
+
+
+@dataclass
+class StepResult:
+    """What one PPO step reports: scalar metrics (classic names) and the distributions behind some of them."""
+
+    metrics: dict[str, float]
+    distributions: dict[str, torch.Tensor]
+
+
+class PPOTrainer:
+    """Classic TRL's `PPOTrainer.step`: one PPO update from given rollouts, and the state kept between steps.
+
+    The state: the optimiser, the KL coefficient, the running score moments and the mini-batch shuffle
+    (numpy's, as classic TRL's `np.random.permutation`, seeded with this process's seed).
+    """
+
+    def __init__(
+        self, cfg: "PPOConfig", policy: PolicyWithValueHead, reference: torch.nn.Module | None, pad_id: int,
+        seed: int, bf16: bool = False,
+    ) -> None:
+        self.cfg, self.policy, self.reference, self.pad_id = cfg, policy, reference, pad_id
+        self.device = next(policy.parameters()).device
+        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, fused=True)  # one kernel, same math
+        self.model = DistributedDataParallel(policy) if self.world > 1 else policy
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        self.kl_coef = cfg.init_kl_coef
+        self.score_moments = core.RunningMoments()
+        self.shuffle = np.random.RandomState(seed)
+
+    def step(self, queries: list[torch.Tensor], responses: list[torch.Tensor], scores: torch.Tensor) -> StepResult:
+        """One PPO step on rollouts: token ids of each query and response (ending at its EOS, if any), scores."""
+        cfg, policy, device = self.cfg, self.policy, self.device
+        t_start = clock(device)
+        scores = scores.to(device, torch.float32)
+        if cfg.use_score_scaling:
+            self.score_moments.update(gather(scores))
+            scores = self.score_moments.scale(scores, centre=cfg.use_score_norm)
+        if cfg.score_clip is not None:
+            scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
+
+        # Queries left-padded and responses right-padded: every response starts in the same column.
+        query_ids, query_mask = left_pad(queries, self.pad_id)
+        response_ids, mask = right_pad(responses, self.pad_id)
+        input_ids = torch.cat([query_ids, response_ids], 1).to(device)
+        attention_mask = torch.cat([query_mask, torch.ones_like(response_ids)], 1).to(device)
+        response_ids, mask = response_ids.to(device), mask.to(device)
+
+        # 1. Log-probabilities and values of the rollouts under the policy, and the reference's.
+        logprobs, ref_logprobs, values, kl = [], [], [], []
+        with torch.no_grad(), self.autocast:
+            for rows in torch.arange(len(queries)).split(cfg.mini_batch_size):
+                ids, attention, tokens = input_ids[rows], attention_mask[rows], response_ids[rows]
+                chunk_logprobs, _, chunk_values, hidden = policy(ids, attention, tokens, with_entropy=False)
+                head = output_head(policy.lm)
+                with reference_mode(policy, self.reference) as ref_lm:
+                    ref_hidden = response_hidden(ref_lm, ids, attention, tokens.shape[1])
+                    ref_head = output_head(ref_lm)
+                    chunk_ref_logprobs, _ = core.head_logprobs(ref_hidden, *ref_head, tokens, with_entropy=False)
+                logprobs.append(chunk_logprobs)
+                ref_logprobs.append(chunk_ref_logprobs)
+                values.append(chunk_values)
+                if cfg.kl_penalty == "full":
+                    kl.append(core.full_kl(hidden, head, ref_hidden, ref_head))
+                else:
+                    kl.append(core.kl_penalty(chunk_logprobs, chunk_ref_logprobs, cfg.kl_penalty))
+        logprobs, ref_logprobs, values, kl = (torch.cat(x) for x in (logprobs, ref_logprobs, values, kl))
+        t_forward = clock(device)
+
+        # 2. Per-token rewards: the KL penalty everywhere, the score on the last token.
+        rewards, non_score_rewards = core.token_rewards(scores, kl, mask, self.kl_coef)
+        t_rewards = clock(device)
+
+        # 3. Advantages and returns (GAE).
+        advantages, returns = core.gae(values, rewards, mask, cfg.gamma, cfg.lam, cfg.whiten_rewards)
+        t_advantages = clock(device)
+
+        # 4. PPO epochs: shuffled optimiser batches, each split into accumulated mini batches.
+        train_stats = defaultdict(list)
+        backward_batch = cfg.mini_batch_size * cfg.gradient_accumulation_steps
+        for _ in range(cfg.ppo_epochs):
+            for batch in torch.from_numpy(self.shuffle.permutation(len(queries))).split(backward_batch):
+                n_tokens = mask[batch].sum()
+                micro_batches = batch.split(cfg.mini_batch_size)
+                for i, mb in enumerate(micro_batches):
+                    # DDP averages gradients over processes once per optimiser step, not per mini batch.
+                    sync = self.world == 1 or i == len(micro_batches) - 1
+                    with self.model.no_sync() if not sync else nullcontext(), self.autocast:
+                        new_logprobs, entropy, new_values, _ = self.model(
+                            input_ids[mb], attention_mask[mb], response_ids[mb], with_entropy=True
+                        )
+                        loss, stats = core.ppo_loss(
+                            new_logprobs, new_values, logprobs[mb], values[mb], advantages[mb], returns[mb],
+                            mask[mb], cfg.cliprange, cfg.cliprange_value, cfg.vf_coef, n_tokens, cfg.ratio_threshold,
+                        )
+                        loss.backward()
+                    stats["policy/entropy"] = core.masked_mean(entropy, mask[mb])
+                    for k, v in stats.items():
+                        train_stats[k].append(v)
+                if cfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            # Classic TRL stops at the end of an epoch, on the policy KL of its last mini batch.
+            if cfg.early_stopping and gather(train_stats["policy/policykl"][-1][None]).mean() > 1.5 * cfg.target_kl:
+                break
+        t_optimised = clock(device)
+
+        # 5. Statistics, averaged over processes; then the KL controller update (the coefficient logged is
+        # the one this step used).
+        kl_per_rollout = (kl * mask).sum(1)
+        query_lengths = torch.tensor([len(q) for q in queries], dtype=torch.float)
+        response_lengths = torch.tensor([len(r) for r in responses], dtype=torch.float)
+        stats = {
+            "objective/kl": kl_per_rollout.mean(),
+            "objective/entropy": (-logprobs * mask).sum(1).mean(),
+            "ppo/mean_non_score_reward": core.masked_mean(non_score_rewards, mask),
+            "ppo/mean_scores": scores.mean(),
+            "ppo/std_scores": scores.std(),
+            "tokens/queries_len_mean": query_lengths.mean(),
+            "tokens/queries_len_std": query_lengths.std(),
+            "tokens/responses_len_mean": response_lengths.mean(),
+            "tokens/responses_len_std": response_lengths.std(),
+            **{f"ppo/{k}": torch.stack(v).mean() for k, v in train_stats.items()},
+        }
+        metrics = dict(zip(stats, torch.stack([v.to(device) for v in stats.values()]).tolist(), strict=True))
+        metrics["ppo/val/var_explained"] = 1 - metrics["ppo/val/error"] / metrics["ppo/returns/var"]
+        metrics = average(metrics, device)
+        metrics.update({"objective/kl_coef": self.kl_coef, "ppo/learning_rate": self.optimizer.param_groups[0]["lr"]})
+        skipped = sum(r > cfg.ratio_threshold for r in torch.stack(train_stats["policy/ratio"]).tolist())
+        if skipped:
+            warnings.warn(f"{skipped} mini batches had a mean policy ratio above ratio_threshold "
+                          f"{cfg.ratio_threshold:g}; their loss was zeroed", stacklevel=2)
+        if cfg.adap_kl_ctrl:
+            self.kl_coef = core.adaptive_kl_coef(
+                self.kl_coef, metrics["objective/kl"], cfg.batch_size * self.world, cfg.target, cfg.horizon
+            )
+        t_end = clock(device)
+        metrics.update({
+            "time/ppo/forward_pass": t_forward - t_start,
+            "time/ppo/compute_rewards": t_rewards - t_forward,
+            "time/ppo/compute_advantages": t_advantages - t_rewards,
+            "time/ppo/optimize_step": t_optimised - t_advantages,
+            "time/ppo/calc_stats": t_end - t_optimised,
+            "time/ppo/total": t_end - t_start,
+        })
+        mask = mask.bool()
+        return StepResult(metrics, {
+            "objective/kl_dist": gather(kl_per_rollout), "objective/logprobs": logprobs[mask],
+            "objective/ref_logprobs": ref_logprobs[mask],
+        })
 
 
 def init_wandb(args: Args) -> Any:
@@ -262,20 +492,20 @@ def train(args: Args) -> list[dict[str, float]]:
 
     tokenizer = load_tokenizer(cfg.model_name)
     reviews = load_reviews(cfg.query_dataset)
-    # One query length per review, drawn once like the classic dataset map (TRL's LengthSampler).
+    # One query length per review, drawn once like the classic dataset map (TRL's LengthSampler), and
+    # each review's query tokenised once.
     query_lengths = torch.randint(
         args.query_min_length, args.query_max_length, (len(reviews),), generator=torch.Generator().manual_seed(cfg.seed)
     )
+    all_queries = [torch.tensor(q) for q in encode_queries(tokenizer, reviews, query_lengths.tolist())]
     policy, reference = load_policy(
         cfg.model_name, args.use_peft, args.lora_r, args.lora_alpha, device, args.lora_target_modules
     )
     reward_fn = SentimentReward(cfg.reward_model, device)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
-    model = DistributedDataParallel(policy) if world > 1 else policy
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    trainer = PPOTrainer(cfg, policy, reference, tokenizer.pad_token_id, cfg.seed + rank, args.bf16)
+    # The classic sampling (top_k=0, top_p=1: the whole distribution), drawn by `FullSampling`.
     generation = GenerationConfig(
-        do_sample=True, top_k=0, top_p=1.0, max_new_tokens=args.max_new_tokens,
+        do_sample=False, max_new_tokens=args.max_new_tokens,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         # A static KV cache lets the GPU decode without reallocating every token; no gain on CPU.
         cache_implementation="static" if device.type == "cuda" else None,
@@ -285,155 +515,61 @@ def train(args: Args) -> list[dict[str, float]]:
         trainable, total = trainable_fraction(policy)
         run.summary.update({"model/trainable_params": trainable, "model/total_params": total})
 
-    kl_coef = cfg.init_kl_coef
-    n_steps = math.ceil(cfg.steps / cfg.batch_size)
-    shuffle = torch.Generator().manual_seed(cfg.seed + rank)
+    n_steps = run_length(len(reviews), cfg.batch_size, world, cfg.steps)
     history = []
     for step, rows in enumerate(batches(len(reviews), cfg.batch_size, n_steps, cfg.seed, rank, world)):
         t_start = clock(device)
 
-        # 1. Rollout: the whole batch generates at once from left-padded queries.
-        queries = encode_queries(tokenizer, [reviews[i] for i in rows.tolist()], query_lengths[rows].tolist())
-        # Always the longest possible query's width: shapes stay the same from step to step, which a
-        # static KV cache and compiled kernels need to be reused.
+        # 1. Rollout: the whole batch generates at once from left-padded queries, always padded to the
+        # longest possible query, so that shapes stay the same from step to step (a static KV cache and
+        # compiled kernels are reused).
+        queries = [all_queries[i] for i in rows.tolist()]
         query_ids, query_mask = left_pad(queries, tokenizer.pad_token_id, args.query_max_length - 1)
-        query_ids, query_mask = query_ids.to(device), query_mask.to(device)
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), trainer.autocast:
             sequences = policy.lm.generate(
-                input_ids=query_ids, attention_mask=query_mask, generation_config=generation
+                input_ids=query_ids.to(device), attention_mask=query_mask.to(device), generation_config=generation,
+                logits_processor=LogitsProcessorList([FullSampling()]),
             )
-        responses = sequences[:, query_ids.shape[1] :]
-        mask = response_mask(responses, tokenizer.eos_token_id)
-        input_ids = torch.cat([query_ids, responses], 1)
-        attention_mask = torch.cat([query_mask, torch.ones_like(responses)], 1)
-        n = responses.shape[1]
+        responses = until_eos(sequences[:, query_ids.shape[1] :].cpu(), tokenizer.eos_token_id)
         t_generated = clock(device)
 
-        # 2. Score query + response with the reward model.
-        query_texts = tokenizer.batch_decode(query_ids, skip_special_tokens=True)
-        # Generation pads finished responses with special tokens, which decoding drops.
-        response_texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
-        scores = reward_fn([q + r for q, r in zip(query_texts, response_texts, strict=True)]).to(device)
+        # 2. Score query + response with the reward model; the text keeps the EOS, as classic TRL decodes it.
+        query_texts, response_texts = (tokenizer.batch_decode(x) for x in (queries, responses))
+        raw_scores = reward_fn([q + r for q, r in zip(query_texts, response_texts, strict=True)])
         t_scored = clock(device)
 
-        # 3. Log-probabilities and values of the rollout under the policy, and the reference's.
-        logprobs, ref_logprobs, values, kl = [], [], [], []
-        with torch.no_grad(), autocast:
-            for chunk in torch.arange(len(rows)).split(cfg.mini_batch_size):
-                logits, chunk_values = policy(input_ids[chunk], attention_mask[chunk], n)
-                with reference_mode(policy, reference) as ref_lm:
-                    ref_logits, _ = response_logits(ref_lm, input_ids[chunk], attention_mask[chunk], n)
-                tokens = responses[chunk]
-                logprobs.append(token_logprobs(logits, tokens))
-                ref_logprobs.append(token_logprobs(ref_logits, tokens))
-                values.append(chunk_values.float())
-                if cfg.kl_penalty == "full":
-                    kl.append(core.kl_penalty(logits.log_softmax(-1), ref_logits.log_softmax(-1), "full"))
-                else:
-                    kl.append(core.kl_penalty(logprobs[-1], ref_logprobs[-1], cfg.kl_penalty))
-        logprobs, ref_logprobs, values, kl = (torch.cat(x) for x in (logprobs, ref_logprobs, values, kl))
-        t_forward = clock(device)
+        # 3. The PPO update.
+        result = trainer.step(queries, responses, raw_scores)
+        t_end = clock(device)
 
-        # 4. Per-token rewards: the KL penalty everywhere, the score on the last token.
-        rewards, non_score_rewards = core.token_rewards(scores, kl, mask, kl_coef)
-        t_rewards = clock(device)
-
-        # 5. Advantages and returns (GAE).
-        advantages, returns = core.gae(values, rewards, mask, cfg.gamma, cfg.lam, cfg.whiten_rewards)
-        t_advantages = clock(device)
-
-        # 6. PPO epochs: shuffled optimiser batches, each split into accumulated mini batches.
-        train_stats = defaultdict(list)
-        backward_batch = cfg.mini_batch_size * cfg.gradient_accumulation_steps
-        stop = False
-        for _ in range(cfg.ppo_epochs):
-            for batch in torch.randperm(len(rows), generator=shuffle).split(backward_batch):
-                n_tokens = mask[batch].sum()
-                micro_batches = batch.split(cfg.mini_batch_size)
-                for i, mb in enumerate(micro_batches):
-                    # DDP averages gradients over processes once per optimiser step, not per mini batch.
-                    sync = world == 1 or i == len(micro_batches) - 1
-                    with model.no_sync() if not sync else nullcontext(), autocast:
-                        logits, new_values = model(input_ids[mb], attention_mask[mb], n)
-                        new_logprobs = token_logprobs(logits, responses[mb])
-                        loss, stats = core.ppo_loss(
-                            new_logprobs, new_values.float(), logprobs[mb], values[mb], advantages[mb],
-                            returns[mb], mask[mb], cfg.cliprange, cfg.cliprange_value, cfg.vf_coef, n_tokens,
-                        )
-                        loss.backward()
-                    stats["policy/entropy"] = core.masked_mean(core.entropy_from_logits(logits.detach()), mask[mb])
-                    for k, v in stats.items():
-                        train_stats[k].append(v)
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                policy_kl = torch.stack(train_stats["policy/policykl"][-len(micro_batches) :]).mean()
-                if cfg.early_stopping and gather(policy_kl[None]).mean() > 1.5 * cfg.target_kl:
-                    stop = True
-                    break
-            if stop:
-                break
-        t_optimised = clock(device)
-
-        # 7. Statistics, then the KL controller update (the coefficient logged is the one used).
-        all_scores = gather(scores)
-        kl_per_rollout = gather(((logprobs - ref_logprobs) * mask).sum(1))
-        mean_kl = kl_per_rollout.mean().item()
-        response_lengths = mask.sum(1)
+        all_scores = gather(raw_scores.to(device))
+        total = t_end - t_start
         metrics = {
             "env/reward_mean": all_scores.mean().item(),
             "env/reward_std": all_scores.std().item(),
-            "objective/kl": mean_kl,
-            "objective/kl_coef": kl_coef,
-            "objective/entropy": (-logprobs * mask).sum(1).mean().item(),
-            "ppo/mean_scores": scores.mean().item(),
-            "ppo/std_scores": scores.std().item(),
-            "ppo/mean_non_score_reward": non_score_rewards.sum(1).mean().item(),
-            "ppo/learning_rate": optimizer.param_groups[0]["lr"],
-            "tokens/queries_len_mean": query_mask.sum(1).float().mean().item(),
-            "tokens/queries_len_std": query_mask.sum(1).float().std().item(),
-            "tokens/responses_len_mean": response_lengths.mean().item(),
-            "tokens/responses_len_std": response_lengths.std().item(),
-        }
-        metrics.update({f"ppo/{k}": torch.stack(v).mean().item() for k, v in train_stats.items()})
-        metrics["ppo/val/var_explained"] = 1 - metrics["ppo/val/error"] / metrics["ppo/returns/var"]
-        if cfg.adap_kl_ctrl:
-            kl_coef = core.adaptive_kl_coef(kl_coef, mean_kl, cfg.batch_size * world, cfg.target, cfg.horizon)
-        t_end = clock(device)
-
-        total = t_end - t_start
-        metrics.update({
+            **result.metrics,
             "time/generate": t_generated - t_start,
             "time/reward": t_scored - t_generated,
-            "time/ppo/forward_pass": t_forward - t_scored,
-            "time/ppo/compute_rewards": t_rewards - t_forward,
-            "time/ppo/compute_advantages": t_advantages - t_rewards,
-            "time/ppo/optimize_step": t_optimised - t_advantages,
-            "time/ppo/calc_stats": t_end - t_optimised,
-            "time/ppo/total": total,
+            "time/total": total,
             "perf/samples_per_s": len(all_scores) / total,
-            "perf/tokens_per_s": gather(response_lengths).sum().item() / total,
-        })
+            "perf/tokens_per_s": world * result.metrics["tokens/responses_len_mean"] * len(responses) / total,
+        }
         if device.type == "cuda":
             metrics["perf/peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         history.append(metrics)
         if rank == 0:
-            print(f"step {step + 1}/{n_steps}: reward {metrics['env/reward_mean']:.3f}, kl {mean_kl:.3f}, "
-                  f"{metrics['perf/samples_per_s']:.1f} samples/s", flush=True)
+            print(f"step {step + 1}/{n_steps}: reward {metrics['env/reward_mean']:.3f}, "
+                  f"kl {metrics['objective/kl']:.3f}, {metrics['perf/samples_per_s']:.1f} samples/s", flush=True)
 
         if run is not None:
             import wandb
 
-            histograms = {
-                "env/reward_dist": all_scores, "objective/kl_dist": kl_per_rollout,
-                "objective/logprobs": logprobs[mask.bool()], "objective/ref_logprobs": ref_logprobs[mask.bool()],
-            }
+            histograms = {"env/reward_dist": all_scores, **result.distributions}
             logged = {**metrics, **{k: wandb.Histogram(v.float().cpu().numpy()) for k, v in histograms.items()}}
             if step % args.table_every == 0:
                 logged["game_log"] = wandb.Table(
                     columns=["query", "response", "reward"],
-                    data=[[q, r, s] for q, r, s in zip(query_texts, response_texts, scores.tolist(), strict=True)],
+                    data=[[q, r, s] for q, r, s in zip(query_texts, response_texts, raw_scores.tolist(), strict=True)],
                 )
             run.log(logged, step=step)
 
@@ -449,7 +585,16 @@ def train(args: Args) -> list[dict[str, float]]:
 
 
 def parse(argv: list[str] | None = None) -> Args:
-    """The command line as TRL's examples spelled it (`--ppo_config.mini_batch_size`, `--use_peft`)."""
+    """The command line as TRL's examples spelled it (`--ppo_config.mini_batch_size`, `--use_peft`).
+
+    Classic PPOConfig flags that this implementation cannot honour are refused by name (exit 2).
+    """
+    for token in sys.argv[1:] if argv is None else argv:
+        name = token.removeprefix("--ppo_config.").removeprefix("--ppo-config.").split("=")[0].replace("-", "_")
+        if token.startswith(("--ppo_config.", "--ppo-config.")) and name in REFUSED_CLASSIC_FLAGS:
+            print(f"error: {token.split('=')[0]} (a classic TRL flag) is not supported: "
+                  f"{REFUSED_CLASSIC_FLAGS[name]}", file=sys.stderr)
+            sys.exit(2)
     return tyro.cli(Args, args=argv, use_underscores=True)
 
 

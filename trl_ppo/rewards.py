@@ -1,27 +1,30 @@
-"""The reward: the POSITIVE logit of a text classifier, through a transformers pipeline like the original."""
+"""The reward: the POSITIVE logit of a text classifier, loaded through a transformers pipeline like the original."""
 
 import torch
 from transformers import pipeline
 
 
 class SentimentReward:
-    """Scores texts with `<task>:<model>`, e.g. `sentiment-analysis:lvwerra/distilbert-imdb`."""
+    """Scores texts with `<task>:<model>`, e.g. `sentiment-analysis:lvwerra/distilbert-imdb`.
 
-    def __init__(self, spec: str, device: torch.device, batch_size: int = 16) -> None:
+    The classic script calls the pipeline at batch 16 (`function_to_apply="none"`); here the pipeline's
+    own tokenizer and model score the whole batch in one call, with the same truncation, for the same logits.
+    """
+
+    def __init__(self, spec: str, device: torch.device) -> None:
         task, model = parse_reward_model(spec)
         self.pipe = pipeline(task, model=model, device=device)
-        labels = set(self.pipe.model.config.id2label.values())
+        labels = {label: i for i, label in self.pipe.model.config.id2label.items()}
         if "POSITIVE" not in labels:
             raise ValueError(f"reward model {model!r} has no POSITIVE label (labels: {sorted(labels)})")
-        self.batch_size = batch_size
+        self.positive = labels["POSITIVE"]
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        # Raw logits, not probabilities: the original's reward scale (function_to_apply="none").
-        outputs = self.pipe(
-            texts, top_k=None, function_to_apply="none", batch_size=self.batch_size, truncation=True
-        )
-        return torch.tensor([next(o["score"] for o in out if o["label"] == "POSITIVE") for out in outputs])
+        """Raw POSITIVE logits (the original's reward scale), float32 on the CPU."""
+        inputs = self.pipe.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        logits = self.pipe.model(**inputs.to(self.pipe.device)).logits
+        return logits[:, self.positive].float().cpu()
 
 
 def parse_reward_model(spec: str) -> tuple[str, str]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trl_ppo import core
-from trl_ppo.ppo import response_mask
+from trl_ppo.ppo import until_eos
 
 
 def test_ppo_loss_pieces_by_hand() -> None:
@@ -106,7 +106,37 @@ def test_entropy_of_uniform_logits() -> None:
     assert core.entropy_from_logits(torch.zeros(4)).item() == pytest.approx(math.log(4))
 
 
-def test_response_mask_keeps_the_first_eos() -> None:
+def test_responses_end_at_their_first_eos() -> None:
     eos = 9
     responses = torch.tensor([[5, 6, 9, 9, 9], [9, 9, 9, 9, 9], [1, 2, 3, 4, 5]])
-    assert response_mask(responses, eos).tolist() == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert [r.tolist() for r in until_eos(responses, eos)] == [[5, 6, 9], [9], [1, 2, 3, 4, 5]]
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_chunked_head_matches_plain_autograd(monkeypatch: pytest.MonkeyPatch, with_bias: bool) -> None:
+    """Log-probabilities, entropies and every gradient equal those of log_softmax on the whole logits.
+
+    The chunk is 3 rows of a 7-token vocabulary, so 10 rows take three full chunks and a partial one.
+    """
+    monkeypatch.setitem(core.CHUNK_BYTES, "cpu", 3 * 7 * 4)
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(7, dtype=torch.float64, requires_grad=True) if with_bias else None
+    tokens = torch.randint(0, 7, (2, 5))
+    upstream = torch.randn(2, 5, dtype=torch.float64)
+
+    logprobs, entropy = core.head_logprobs(hidden, weight, bias, tokens, with_entropy=True)
+    (logprobs * upstream).sum().backward()
+    ours = [hidden.grad, weight.grad, *([bias.grad] if with_bias else [])]
+    for t in [hidden, weight, bias]:
+        if t is not None:
+            t.grad = None
+
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    expected = logits.log_softmax(-1).gather(-1, tokens[..., None]).squeeze(-1)
+    (expected * upstream).sum().backward()
+    torch.testing.assert_close(logprobs, expected)
+    torch.testing.assert_close(entropy, core.entropy_from_logits(logits.detach()))
+    for got, want in zip(ours, [hidden.grad, weight.grad, *([bias.grad] if with_bias else [])], strict=True):
+        torch.testing.assert_close(got, want)
