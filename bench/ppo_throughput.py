@@ -6,11 +6,12 @@
     python bench/ppo_throughput.py --preset gpt2-xl   # GPU: gpt2-xl (1.5B), mini batch 16 x accumulation 8
 
 Both sides get random-init models of the preset's shape (speed does not depend on the weights), the
-real GPT-2 tokenizer, IMDB review openings as queries, a reward model of DistilBERT shape scored
-through the same pipeline, 4 PPO epochs and no logging. Each side runs in its own process so that
-peak memory is its own. TRL runs as the classic example did (fp32, generation 4 queries at a time);
-ours runs as shipped: whole-batch left-padded generation and, on a GPU, bf16 autocast with a static KV
-cache. Prints samples/s, tokens/s, the time split (generate / reward / optimise), peak memory, the ratio.
+real GPT-2 tokenizer, IMDB review openings as queries, a reward model of DistilBERT shape, 4 PPO
+epochs and no logging. Each implementation runs in its own process so that peak memory is its own.
+TRL runs as the classic example did (fp32, generation 4 queries at a time, the reward pipeline at
+batch 16); ours runs as shipped (whole-batch generation, one reward call; on a GPU a static KV cache),
+once in fp32 (`ours`) and once under bf16 autocast (`ours-bf16`). Prints samples/s, tokens/s, the time
+split (generate / reward / PPO forward pass / PPO update / the whole step), peak memory, the ratios.
 """
 
 import json
@@ -44,13 +45,13 @@ class Args:
     """PPO steps timed per implementation"""
     warmup: int = 1
     """PPO steps run first and not timed (allocations, kernel selection)"""
-    impls: tuple[Literal["ours", "trl"], ...] = ("ours", "trl")
+    impls: tuple[Literal["ours", "ours-bf16", "trl"], ...] = ("ours", "ours-bf16", "trl")
     """implementations to measure"""
     threads: int | None = None
     """torch CPU threads in each measured process (default: torch's own choice)"""
     work_dir: Path | None = None
     """where the random-init models are written (default: a temporary folder)"""
-    measure: Literal["ours", "trl"] | None = None
+    measure: Literal["ours", "ours-bf16", "trl"] | None = None
     """internal: measure this implementation in this process and print one JSON line"""
 
 
@@ -83,7 +84,7 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def measure_ours(preset: str, folder: Path, n_steps: int) -> list[dict[str, float]]:
+def measure_ours(preset: str, folder: Path, n_steps: int, bf16: bool) -> list[dict[str, float]]:
     """Per-step seconds of trl_ppo's own timers."""
     from trl_ppo.ppo import Args as PPOArgs
     from trl_ppo.ppo import PPOConfig, train
@@ -95,24 +96,26 @@ def measure_ours(preset: str, folder: Path, n_steps: int) -> list[dict[str, floa
             query_dataset=str(folder / "imdb"), batch_size=batch, mini_batch_size=mini,
             gradient_accumulation_steps=accumulation, steps=batch * n_steps,
         ),
-        max_new_tokens=new_tokens, bf16=torch.cuda.is_available(),
+        max_new_tokens=new_tokens, bf16=bf16,
     )
-    return [
-        {"generate": m["time/generate"], "reward": m["time/reward"],
-         "optimise": m["time/ppo/total"], "total": m["time/total"],
-         "response_tokens": m["tokens/responses_len_mean"] * batch}
-        for m in train(args)
-    ]
+    return [{**split(m), "generate": m["time/generate"], "reward": m["time/reward"], "total": m["time/total"],
+             "response_tokens": m["tokens/responses_len_mean"] * batch} for m in train(args)]
+
+
+def split(stats: dict) -> dict[str, float]:
+    """The PPO step's own timers, under the names both implementations give them."""
+    return {"forward": float(stats["time/ppo/forward_pass"]), "update": float(stats["time/ppo/optimize_step"]),
+            "ppo_step": float(stats["time/ppo/total"])}
 
 
 def measure_trl(preset: str, folder: Path, n_steps: int) -> list[dict[str, float]]:
     """Per-step seconds of classic TRL's loop, as in its examples/scripts/ppo.py."""
+    from transformers import pipeline
     from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
     from trl.core import LengthSampler
 
     from trl_ppo.models import load_tokenizer
     from trl_ppo.ppo import load_reviews
-    from trl_ppo.rewards import SentimentReward
 
     _, _, batch, mini, accumulation, new_tokens = PRESETS[preset]
     config = PPOConfig(
@@ -124,7 +127,7 @@ def measure_trl(preset: str, folder: Path, n_steps: int) -> list[dict[str, float
     model = AutoModelForCausalLMWithValueHead.from_pretrained(config.model_name)
     ref_model = AutoModelForCausalLMWithValueHead.from_pretrained(config.model_name)
     trainer = PPOTrainer(config, model, ref_model, tokenizer)
-    reward_fn = SentimentReward(f"sentiment-analysis:{folder / 'reward'}", trainer.accelerator.device)
+    sentiment = pipeline("sentiment-analysis", model=str(folder / "reward"), device=trainer.accelerator.device)
     reviews, length = load_reviews(str(folder / "imdb")), LengthSampler(2, 8)
     generation = dict(min_length=-1, top_k=0, top_p=1.0, do_sample=True, pad_token_id=tokenizer.eos_token_id,
                       max_new_tokens=new_tokens)
@@ -136,12 +139,13 @@ def measure_trl(preset: str, folder: Path, n_steps: int) -> list[dict[str, float
         start = clock(device)
         responses = trainer.generate(queries, return_prompt=False, **generation)
         generated = clock(device)
-        scores = reward_fn([q + r for q, r in zip(tokenizer.batch_decode(queries), tokenizer.batch_decode(responses),
-                                                  strict=True)])
+        texts = [q + r for q, r in zip(tokenizer.batch_decode(queries), tokenizer.batch_decode(responses), strict=True)]
+        outputs = sentiment(texts, top_k=None, function_to_apply="none", batch_size=16)
+        scores = [torch.tensor(next(o["score"] for o in out if o["label"] == "POSITIVE")) for out in outputs]
         scored = clock(device)
-        trainer.step(queries, responses, list(scores))
+        stats = trainer.step(queries, responses, scores)
         end = clock(device)
-        steps.append({"generate": generated - start, "reward": scored - generated, "optimise": end - scored,
+        steps.append({**split(stats), "generate": generated - start, "reward": scored - generated,
                       "total": end - start, "response_tokens": float(sum(len(r) for r in responses))})
     return steps
 
@@ -156,9 +160,7 @@ def summarise(name: str, steps: list[dict[str, float]], batch: int, memory: floa
     """Medians over the timed steps."""
     median = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
     return {"impl": name, "samples_per_s": batch / median["total"],
-            "tokens_per_s": median["response_tokens"] / median["total"], "step_s": median["total"],
-            "generate_s": median["generate"], "reward_s": median["reward"], "optimise_s": median["optimise"],
-            "peak_mem_gib": memory}
+            "tokens_per_s": median["response_tokens"] / median["total"], **median, "peak_mem_gib": memory}
 
 
 def main(args: Args) -> None:
@@ -166,8 +168,11 @@ def main(args: Args) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.measure is not None:
-        measure = measure_ours if args.measure == "ours" else measure_trl
-        steps = measure(preset, args.work_dir, args.warmup + args.steps)[args.warmup :]
+        n_steps = args.warmup + args.steps
+        if args.measure == "trl":
+            steps = measure_trl(preset, args.work_dir, n_steps)[args.warmup :]
+        else:
+            steps = measure_ours(preset, args.work_dir, n_steps, bf16=args.measure == "ours-bf16")[args.warmup :]
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         print(json.dumps(summarise(args.measure, steps, PRESETS[preset][2], peak_memory_gib(device))))
         return
@@ -188,14 +193,18 @@ def main(args: Args) -> None:
                 command += ["--threads", str(args.threads)]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             results[impl] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{'impl':6} {'samples/s':>10} {'tokens/s':>10} {'step s':>8} {'generate':>9} {'reward':>8} "
-              f"{'optimise':>9} {'peak GiB':>9}")
+        # Seconds per step: the whole step; generation; reward; and PPOTrainer.step, split into its forward
+        # pass over the rollouts and its PPO epochs (the rest of it is statistics and advantages).
+        print(f"{'impl':10} {'samples/s':>10} {'tokens/s':>10} {'step s':>8} {'generate':>9} {'reward':>8} "
+              f"{'ppo step':>9} {'forward':>8} {'epochs':>8} {'peak GiB':>9}")
         for r in results.values():
-            print(f"{r['impl']:6} {r['samples_per_s']:10.2f} {r['tokens_per_s']:10.1f} {r['step_s']:8.2f} "
-                  f"{r['generate_s']:9.2f} {r['reward_s']:8.2f} {r['optimise_s']:9.2f} {r['peak_mem_gib']:9.2f}")
-        if {"ours", "trl"} <= results.keys():
-            ratio = results["ours"]["samples_per_s"] / results["trl"]["samples_per_s"]
-            print(f"ratio ours / trl (samples/s): {ratio:.2f}x")
+            print(f"{r['impl']:10} {r['samples_per_s']:10.2f} {r['tokens_per_s']:10.1f} {r['total']:8.2f} "
+                  f"{r['generate']:9.2f} {r['reward']:8.2f} {r['ppo_step']:9.2f} {r['forward']:8.2f} "
+                  f"{r['update']:8.2f} {r['peak_mem_gib']:9.2f}")
+        for ours in ("ours", "ours-bf16"):
+            if {ours, "trl"} <= results.keys():
+                ratio = results[ours]["samples_per_s"] / results["trl"]["samples_per_s"]
+                print(f"ratio {ours} / trl (samples/s): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

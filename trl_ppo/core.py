@@ -251,7 +251,8 @@ def ppo_loss(
     def token_mean(x: torch.Tensor) -> torch.Tensor:
         return (x * mask).sum() / n_tokens
 
-    clipped_values = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    # Clamped to a band around the old values: inside the band the value is kept bit for bit.
+    clipped_values = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
     vf_losses = (values - returns) ** 2
     vf_losses_clipped = (clipped_values - returns) ** 2
     vf_loss = 0.5 * token_mean(torch.max(vf_losses, vf_losses_clipped))

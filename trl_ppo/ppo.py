@@ -292,6 +292,13 @@ def until_eos(responses: torch.Tensor, eos_id: int) -> list[torch.Tensor]:
     return [row[:n] for row, n in zip(responses, lengths, strict=True)]
 
 
+def rollout_texts(
+    tokenizer: PreTrainedTokenizerBase, queries: list[torch.Tensor], responses: list[torch.Tensor]
+) -> tuple[list[str], list[str]]:
+    """Query and response texts as the classic script decodes them: a response's EOS stays in its text."""
+    return tokenizer.batch_decode(queries), tokenizer.batch_decode(responses)
+
+
 class FullSampling(LogitsProcessor):
     """Samples each next token from the whole softmax (top_k=0, top_p=1) and returns it one-hot.
 
@@ -533,8 +540,8 @@ def train(args: Args) -> list[dict[str, float]]:
         responses = until_eos(sequences[:, query_ids.shape[1] :].cpu(), tokenizer.eos_token_id)
         t_generated = clock(device)
 
-        # 2. Score query + response with the reward model; the text keeps the EOS, as classic TRL decodes it.
-        query_texts, response_texts = (tokenizer.batch_decode(x) for x in (queries, responses))
+        # 2. Score query + response with the reward model.
+        query_texts, response_texts = rollout_texts(tokenizer, queries, responses)
         raw_scores = reward_fn([q + r for q, r in zip(query_texts, response_texts, strict=True)])
         t_scored = clock(device)
 

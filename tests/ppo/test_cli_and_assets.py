@@ -87,3 +87,74 @@ def test_training_logs_classic_metrics_to_wandb(run_ppo, small: list[str], wandb
     for logged, metrics in zip(history, returned, strict=True):
         for key in ["env/reward_mean", "objective/kl", "ppo/loss/total", "perf/samples_per_s"]:
             assert float(logged[key]) == pytest.approx(metrics[key], rel=1e-6), key
+
+
+def test_classic_flags_run_or_are_refused_by_name() -> None:
+    """Classic PPOConfig flags: the implemented ones parse, the no-ops parse, the rest exit 2 naming the flag."""
+    args = parse(["--ppo_config.use_score_scaling", "--ppo_config.use_score_norm", "--ppo_config.score_clip", "3",
+                  "--ppo_config.ratio_threshold", "5", "--ppo_config.optimize_device_cache",
+                  "--ppo_config.dataset_num_proc", "4", "--ppo_config.task_name", "sentiment"])
+    cfg = args.ppo_config
+    assert (cfg.use_score_scaling, cfg.use_score_norm, cfg.score_clip, cfg.ratio_threshold) == (True, True, 3, 5)
+    done = subprocess.run(
+        [sys.executable, "-m", "trl_ppo.ppo", "--ppo_config.gradient_checkpointing"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 2
+    assert "--ppo_config.gradient_checkpointing (a classic TRL flag) is not supported" in done.stderr
+    help_text = subprocess.run([sys.executable, "-m", "trl_ppo.ppo", "--help"], capture_output=True, text=True,
+                               timeout=120, cwd=Path(__file__).parents[2]).stdout
+    assert "accepted for classic command lines; not used" in help_text
+    assert "one pass over the prompts" in help_text
+
+
+def test_run_is_one_pass_over_the_prompts_unless_steps_caps_it() -> None:
+    from trl_ppo.ppo import run_length
+
+    assert run_length(25_000, 128, 1, None) == 195  # the classic loop over its drop_last dataloader
+    assert run_length(25_000, 128, 2, None) == 97
+    assert run_length(25_000, 128, 1, 20_000) == 157  # ceil(20000 / 128)
+    assert run_length(1_000, 128, 1, 20_000) == 7  # never past one pass
+
+
+def test_reward_text_keeps_the_eos_as_classic_trl_decodes_it(assets: Path) -> None:
+    from trl_ppo.ppo import rollout_texts
+
+    tokenizer = load_tokenizer(str(assets / "gpt2-imdb"))
+    eos = tokenizer.eos_token_id
+    queries, responses = [torch.tensor([15496])], [torch.tensor([995, eos])]
+    assert rollout_texts(tokenizer, queries, responses) == (["Hello"], [" world<|endoftext|>"])
+
+
+def test_one_reward_call_gives_the_pipelines_logits(assets: Path) -> None:
+    """The batched call returns the POSITIVE logits that the classic script's pipeline call (batch 16) gives."""
+    reward = SentimentReward(f"sentiment-analysis:{assets / 'distilbert-imdb'}", torch.device("cpu"))
+    texts = ["This movie was great", "Terrible.", "I went in expecting nothing and " * 40, "Meh<|endoftext|>",
+             *[f"Review number {i}: it was {'good' if i % 2 else 'bad'}" for i in range(30)]]
+    outputs = reward.pipe(texts, top_k=None, function_to_apply="none", batch_size=16, truncation=True)
+    expected = [next(o["score"] for o in out if o["label"] == "POSITIVE") for out in outputs]
+    torch.testing.assert_close(reward(texts), torch.tensor(expected), rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_log_probs_stay_close_to_float32(assets: Path) -> None:
+    """Under bf16 autocast the output head, log-softmax and value head run in float32.
+
+    On the stand-in (logits up to ~9) that keeps the log-probabilities within ~7e-4 of float32 on average;
+    the head in bf16 is ~30x further off (GPT-2's logits reach ~100, where bf16's spacing is 0.5).
+    """
+    from trl_ppo.models import response_hidden
+
+    policy, _ = load_policy(str(assets / "gpt2-imdb"), False, 16, 16, torch.device("cpu"))
+    torch.manual_seed(0)
+    input_ids = torch.randint(0, 50257, (16, 20))
+    attention_mask, responses = torch.ones_like(input_ids), input_ids[:, -12:]
+    with torch.no_grad():
+        fp32, _, values, _ = policy(input_ids, attention_mask, responses, with_entropy=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16, _, bf16_values, _ = policy(input_ids, attention_mask, responses, with_entropy=False)
+            hidden = response_hidden(policy.lm, input_ids, attention_mask, 12)
+            head_in_bf16 = policy.lm.lm_head(hidden).log_softmax(-1).gather(-1, responses[..., None]).squeeze(-1)
+    assert bf16.dtype == bf16_values.dtype == torch.float32
+    error, naive_error = (bf16 - fp32).abs().mean().item(), (head_in_bf16.float() - fp32).abs().mean().item()
+    assert error < 2e-3 and naive_error > 10 * error, (error, naive_error)
+    assert (bf16_values - values).abs().max() < 0.02
