@@ -87,6 +87,10 @@ def test_training_logs_classic_metrics_to_wandb(run_ppo, small: list[str], wandb
     for logged, metrics in zip(history, returned, strict=True):
         for key in ["env/reward_mean", "objective/kl", "ppo/loss/total", "perf/samples_per_s"]:
             assert float(logged[key]) == pytest.approx(metrics[key], rel=1e-6), key
+        # time/ppo/total times the PPO step alone, as classic TRL's; time/total the whole iteration.
+        rollout = metrics["time/generate"] + metrics["time/reward"]
+        assert 0 < metrics["time/ppo/total"] <= metrics["time/total"] - rollout < metrics["time/ppo/total"] + 0.05
+        assert metrics["perf/samples_per_s"] == pytest.approx(16 / metrics["time/total"])
 
 
 def test_classic_flags_run_or_are_refused_by_name() -> None:

@@ -140,3 +140,15 @@ def test_chunked_head_matches_plain_autograd(monkeypatch: pytest.MonkeyPatch, wi
     torch.testing.assert_close(entropy, core.entropy_from_logits(logits.detach()))
     for got, want in zip(ours, [hidden.grad, weight.grad, *([bias.grad] if with_bias else [])], strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_whitened_rewards_leave_the_padding_at_zero() -> None:
+    """A response's advantages and returns do not depend on how much padding follows it."""
+    rewards = torch.tensor([[0.1, -0.2, 1.5, 0.0, 0.0], [0.3, 0.2, -0.4, 0.5, 0.7]])
+    values = torch.tensor([[0.2, 0.1, 0.3, 0.0, 0.0], [0.1, -0.1, 0.2, 0.4, 0.3]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0]])
+    padded = core.gae(values, rewards, mask, gamma=1.0, lam=0.95, whiten_rewards=True)
+    wider = [torch.cat([t, torch.zeros(2, 3)], 1) for t in (values, rewards, mask)]
+    more_padding = core.gae(*wider[:2], wider[2], gamma=1.0, lam=0.95, whiten_rewards=True)
+    for a, b in zip(padded, more_padding, strict=True):
+        torch.testing.assert_close(a * mask, b[:, :5] * mask)

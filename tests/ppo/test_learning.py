@@ -183,8 +183,9 @@ def load_and_keep(*args, **kwargs):
     return policy, reference
 ppo.load_policy = load_and_keep
 out = sys.argv[sys.argv.index("--output_dir") + 1]
-ppo.train(ppo.parse(sys.argv[1:]))
+history = ppo.train(ppo.parse(sys.argv[1:]))
 torch.save(policies[0].state_dict(), os.path.join(out, "rank" + os.environ["RANK"] + ".pt"))
+torch.save(history, os.path.join(out, "history" + os.environ["RANK"] + ".pt"))
 """
 
 
@@ -211,6 +212,13 @@ def test_two_processes_under_accelerate_launch(stand_in_flags: list[str], tmp_pa
     assert any(not torch.equal(ranks[0][f"lm.{name}"], tensor) for name, tensor in initial.items())  # they moved
     for name, tensor in ranks[0].items():
         torch.testing.assert_close(ranks[1][name], tensor, rtol=0, atol=1e-6, msg=name)
+    # Every statistic is averaged over the processes, so both report the same numbers (timers aside),
+    # which neither process's own rollouts give alone.
+    histories = [torch.load(tmp_path / f"history{rank}.pt") for rank in (0, 1)]
+    for mine, other in zip(*histories, strict=True):
+        stats = [k for k in mine if not k.startswith(("time/", "perf/"))]
+        assert {k: mine[k] for k in stats} == {k: other[k] for k in stats}
+    assert len(stats) >= 30 and histories[0][0]["ppo/loss/total"] != 0
 
 
 def test_each_process_gets_its_own_prompts() -> None:

@@ -1,7 +1,7 @@
 """Parity with classic TRL 0.11.4: from the same weights and rollouts, `PPOTrainer.step` gives the same numbers.
 
 Both sides load one tiny GPT-2 through `from_pretrained`, start from the same value head and take the
-same PPO steps on the same queries, responses and scores (two steps, so Adam's state, the KL
+same PPO steps on the same queries, responses and scores (three steps, so Adam's state, the KL
 controller and the score moments carry over). Every statistic both log must agree, and so must the
 weights afterwards. The differences we keep on purpose each get a case that shows them.
 """
@@ -20,7 +20,7 @@ from trl_ppo.ppo import PPOConfig, PPOTrainer
 # In CI the `bench` extra is installed and this test must run; elsewhere it needs trl==0.11.4.
 trl = pytest.importorskip("trl") if not os.environ.get("CI") else __import__("trl")
 
-VOCAB, EOS, SEED, BATCH = 40, 1, 7, 8
+VOCAB, N_EMBD, EOS, SEED, BATCH = 40, 16, 1, 7, 8
 # The statistics classic TRL logs as scalars (ppo/policy/ratio is compared separately: classic logs every
 # ratio, we log their masked mean).
 SHARED_STATS = [
@@ -38,7 +38,7 @@ def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer GPT-2 of width 16 on a 40-token vocabulary, saved as a hub model would be."""
     folder = tmp_path_factory.mktemp("tiny-gpt2")
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=32, bos_token_id=EOS,
+    config = GPT2Config(vocab_size=VOCAB, n_embd=N_EMBD, n_layer=2, n_head=2, n_positions=32, bos_token_id=EOS,
                         eos_token_id=EOS, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     GPT2LMHeadModel(config).save_pretrained(folder)
     return folder
@@ -68,7 +68,7 @@ def rollouts(seed: int, ragged: bool = True) -> tuple[list[torch.Tensor], list[t
 
 
 def steps(ragged: bool = True) -> list[tuple]:
-    return [rollouts(SEED + i, ragged) for i in range(2)]
+    return [rollouts(SEED + i, ragged) for i in range(3)]
 
 
 class TensorMoments(trl.trainer.utils.RunningMoments):
@@ -128,24 +128,41 @@ def compare(folder: Path, settings: dict, batches: list[tuple], seed: int = SEED
         for key in [*SHARED_STATS, "ppo/policy/ratio"]
         if mine[key] != pytest.approx(theirs[key], rel=2e-4, abs=2e-5)
     ]
-    largest = max((our_weights[k] - classic_weights[k]).abs().max().item() for k in classic_weights)
-    if largest > 2e-5:
-        differences.append(f"weights differ by up to {largest:.3g}")
+    largest = max(weight_difference(name, our_weights[name] - classic_weights[name], settings["learning_rate"])
+                  for name in classic_weights)
+    if largest > 1:
+        differences.append(f"weights differ by up to {largest:.3g} tolerances")
     return differences
+
+
+def weight_difference(name: str, difference: torch.Tensor, lr: float) -> float:
+    """The largest difference in units of its tolerance: 1e-6, except for the attention key biases.
+
+    Those get no gradient in exact arithmetic (one number added to every score of a row leaves its softmax
+    alone), and Adam turns the float noise there into steps of any size up to lr: lr / 10 for them.
+    """
+    difference = difference.abs()
+    if name.endswith("attn.c_attn.bias"):  # [query | key | value] biases
+        keys = difference[N_EMBD : 2 * N_EMBD].clone()
+        difference[N_EMBD : 2 * N_EMBD] = 0
+        return max(difference.max().item() / 1e-6, keys.max().item() / (lr / 10))
+    return difference.max().item() / 1e-6
 
 
 CASES = {
     "defaults, scaled down": dict(mini_batch_size=BATCH, learning_rate=1e-3),
     "mini batches": dict(mini_batch_size=2, learning_rate=1e-3),
-    "kl_penalty abs": dict(mini_batch_size=4, learning_rate=1e-3, kl_penalty="abs"),
-    "kl_penalty mse": dict(mini_batch_size=4, learning_rate=1e-3, kl_penalty="mse"),
-    "kl_penalty full": dict(mini_batch_size=4, learning_rate=1e-3, kl_penalty="full"),
+    # Targets near each estimator's KL in the second step, so that the controller's third coefficient
+    # shows which KL it was given (far from target its correction is clipped to 20% whatever the KL).
+    "kl_penalty abs": dict(mini_batch_size=4, learning_rate=1e-3, kl_penalty="abs", target=0.2, horizon=100),
+    "kl_penalty mse": dict(mini_batch_size=4, learning_rate=1e-3, kl_penalty="mse", target=0.005, horizon=100),
+    "kl_penalty full": dict(mini_batch_size=4, learning_rate=1e-3, kl_penalty="full", target=0.007, horizon=100),
     "fixed KL coefficient": dict(mini_batch_size=4, learning_rate=1e-3, adap_kl_ctrl=False, init_kl_coef=0.05),
     "score scaling": dict(mini_batch_size=4, learning_rate=1e-3, use_score_scaling=True),
     "score scaling, norm and clip": dict(mini_batch_size=4, learning_rate=1e-3, use_score_scaling=True,
                                          use_score_norm=True, score_clip=0.7),
     "score clip": dict(mini_batch_size=4, learning_rate=1e-3, score_clip=0.5),
-    "early stopping": dict(mini_batch_size=4, learning_rate=1e-3, early_stopping=True, target_kl=1e-4),
+    "early stopping": dict(mini_batch_size=2, learning_rate=1e-3, early_stopping=True, target_kl=1e-4),
     "gamma, lam, clip ranges, vf_coef": dict(mini_batch_size=4, learning_rate=1e-3, gamma=0.9, lam=0.8,
                                              cliprange=0.1, cliprange_value=0.3, vf_coef=0.5),
 }
