@@ -21,7 +21,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -351,6 +351,11 @@ class PPOTrainer:
         self.score_moments = core.RunningMoments()
         self.shuffle = np.random.RandomState(seed)
 
+    def sync(self, i: int, n: int) -> AbstractContextManager:
+        """For the i-th of n accumulated mini batches: DDP averages gradients over processes once per
+        optimiser step, in the last one's backward, not in every mini batch's."""
+        return self.model.no_sync() if self.world > 1 and i < n - 1 else nullcontext()
+
     def step(self, queries: list[torch.Tensor], responses: list[torch.Tensor], scores: torch.Tensor) -> StepResult:
         """One PPO step on rollouts: token ids of each query and response (ending at its EOS, if any), scores."""
         cfg, policy, device = self.cfg, self.policy, self.device
@@ -369,25 +374,33 @@ class PPOTrainer:
         attention_mask = torch.cat([query_mask, torch.ones_like(response_ids)], 1).to(device)
         response_ids, mask = response_ids.to(device), mask.to(device)
 
-        # 1. Log-probabilities and values of the rollouts under the policy, and the reference's.
-        logprobs, ref_logprobs, values, kl = [], [], [], []
-        with torch.no_grad(), self.autocast:
-            for rows in torch.arange(len(queries)).split(cfg.mini_batch_size):
-                ids, attention, tokens = input_ids[rows], attention_mask[rows], response_ids[rows]
-                chunk_logprobs, _, chunk_values, hidden = policy(ids, attention, tokens, with_entropy=False)
+        # 1. Log-probabilities and values of the rollouts under the policy, and the reference's. Rows go in
+        # the order of the first epoch's shuffle: its first mini batch needs this same forward pass (the
+        # weights have not moved yet), so that one runs with gradients and is kept for the first update.
+        n_rows, backward_batch = len(queries), cfg.mini_batch_size * cfg.gradient_accumulation_steps
+        first_epoch = torch.from_numpy(self.shuffle.permutation(n_rows))
+        logprobs, ref_logprobs, values, kl = (torch.empty(mask.shape, device=device) for _ in range(4))
+        kept = None
+        for rows in first_epoch.split(cfg.mini_batch_size):
+            ids, attention, tokens = input_ids[rows], attention_mask[rows], response_ids[rows]
+            if kept is None:
+                with self.sync(0, cfg.gradient_accumulation_steps), self.autocast:
+                    kept = self.model(ids, attention, tokens, with_entropy=True)
+                chunk_logprobs, _, chunk_values, hidden = (x.detach() for x in kept)
+            else:
+                with torch.no_grad(), self.autocast:
+                    chunk_logprobs, _, chunk_values, hidden = policy(ids, attention, tokens, with_entropy=False)
+            with torch.no_grad(), self.autocast:
                 head = output_head(policy.lm)
                 with reference_mode(policy, self.reference) as ref_lm:
                     ref_hidden = response_hidden(ref_lm, ids, attention, tokens.shape[1])
                     ref_head = output_head(ref_lm)
                     chunk_ref_logprobs, _ = core.head_logprobs(ref_hidden, *ref_head, tokens, with_entropy=False)
-                logprobs.append(chunk_logprobs)
-                ref_logprobs.append(chunk_ref_logprobs)
-                values.append(chunk_values)
                 if cfg.kl_penalty == "full":
-                    kl.append(core.full_kl(hidden, head, ref_hidden, ref_head))
+                    kl[rows] = core.full_kl(hidden, head, ref_hidden, ref_head)
                 else:
-                    kl.append(core.kl_penalty(chunk_logprobs, chunk_ref_logprobs, cfg.kl_penalty))
-        logprobs, ref_logprobs, values, kl = (torch.cat(x) for x in (logprobs, ref_logprobs, values, kl))
+                    kl[rows] = core.kl_penalty(chunk_logprobs, chunk_ref_logprobs, cfg.kl_penalty)
+            logprobs[rows], ref_logprobs[rows], values[rows] = chunk_logprobs, chunk_ref_logprobs, chunk_values
         t_forward = clock(device)
 
         # 2. Per-token rewards: the KL penalty everywhere, the score on the last token.
@@ -400,18 +413,16 @@ class PPOTrainer:
 
         # 4. PPO epochs: shuffled optimiser batches, each split into accumulated mini batches.
         train_stats = defaultdict(list)
-        backward_batch = cfg.mini_batch_size * cfg.gradient_accumulation_steps
-        for _ in range(cfg.ppo_epochs):
-            for batch in torch.from_numpy(self.shuffle.permutation(len(queries))).split(backward_batch):
+        for epoch in range(cfg.ppo_epochs):
+            order = first_epoch if epoch == 0 else torch.from_numpy(self.shuffle.permutation(n_rows))
+            for batch in order.split(backward_batch):
                 n_tokens = mask[batch].sum()
                 micro_batches = batch.split(cfg.mini_batch_size)
                 for i, mb in enumerate(micro_batches):
-                    # DDP averages gradients over processes once per optimiser step, not per mini batch.
-                    sync = self.world == 1 or i == len(micro_batches) - 1
-                    with self.model.no_sync() if not sync else nullcontext(), self.autocast:
-                        new_logprobs, entropy, new_values, _ = self.model(
-                            input_ids[mb], attention_mask[mb], response_ids[mb], with_entropy=True
-                        )
+                    with self.sync(i, len(micro_batches)), self.autocast:
+                        if kept is None:
+                            kept = self.model(input_ids[mb], attention_mask[mb], response_ids[mb], with_entropy=True)
+                        (new_logprobs, entropy, new_values, _), kept = kept, None
                         loss, stats = core.ppo_loss(
                             new_logprobs, new_values, logprobs[mb], values[mb], advantages[mb], returns[mb],
                             mask[mb], cfg.cliprange, cfg.cliprange_value, cfg.vf_coef, n_tokens, cfg.ratio_threshold,
