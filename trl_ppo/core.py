@@ -114,34 +114,71 @@ def chunk_rows(vocab_size: int, device: torch.device) -> int:
     return max(1, CHUNK_BYTES.get(device.type, CHUNK_BYTES["cuda"]) // (4 * vocab_size))
 
 
+class SpareBuffer:
+    """One flat float buffer that a backward hands back and the next forward reuses.
+
+    The kept softmax is ~100 MB a mini batch at GPT-2's vocabulary. A CPU allocator returns blocks that
+    large to the system when freed, and touching a fresh one costs as much in page faults as the
+    product that fills it; a GPU's caching allocator would reuse it anyway.
+    """
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def take(self, numel: int, like: torch.Tensor) -> torch.Tensor:
+        spare, self.buffer = self.buffer, None
+        fits = spare is not None and spare.numel() >= numel and (spare.device, spare.dtype) == (like.device, like.dtype)
+        return spare if fits else like.new_empty(numel)
+
+    def give(self, buffer: torch.Tensor) -> None:
+        if self.buffer is None or buffer.numel() > self.buffer.numel():
+            self.buffer = buffer
+
+
+SPARE = SpareBuffer()
+
+
 class _HeadLogProbs(torch.autograd.Function):
     """log p(token) and the entropy of softmax(hidden @ weight.T + bias), row chunk by row chunk, in float32.
 
-    The (rows x vocabulary) logits never exist whole: each chunk's are computed into one reused buffer.
-    When a backward will follow, the softmax of every row is kept for it (d log p / d logits =
-    onehot(token) - softmax), so the backward needs no second projection.
+    Without a backward to follow, the (rows x vocabulary) logits never exist whole: each chunk's go
+    into one reused buffer. With one, they are computed in one product and turned into the softmax in
+    place, which the backward needs (d log p / d logits = onehot(token) - softmax) and so keeps.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, tokens, with_entropy: bool, for_backward: bool):  # noqa: ANN001, ANN205
         n_rows, rows = len(hidden), chunk_rows(weight.shape[0], hidden.device)
-        logits_buffer = hidden.new_empty(min(rows, n_rows), weight.shape[0])
-        probs = hidden.new_empty(n_rows if for_backward else len(logits_buffer), weight.shape[0])
+        if for_backward:
+            ctx.buffer = SPARE.take(n_rows * weight.shape[0], hidden)
+            probs = ctx.buffer[: n_rows * weight.shape[0]].view(n_rows, weight.shape[0])
+            torch.mm(hidden, weight.T, out=probs)
+            if bias is not None:
+                probs += bias
+        else:
+            buffer = hidden.new_empty(min(rows, n_rows), weight.shape[0])
+        saved_logits = hidden.new_empty(min(rows, n_rows), weight.shape[0]) if with_entropy else None
         logprobs, entropy = hidden.new_empty(n_rows), hidden.new_empty(n_rows)
         for start in range(0, n_rows, rows):
             part = slice(start, min(start + rows, n_rows))
-            logits = logits_buffer[: part.stop - start]
-            torch.mm(hidden[part], weight.T, out=logits)
-            if bias is not None:
-                logits += bias
-            chunk_probs = probs[part] if for_backward else probs[: len(logits)]
-            torch.softmax(logits, -1, out=chunk_probs)
-            # logsumexp = max - log(softmax at the max): exact, and cheaper than a separate pass.
-            top, argmax = logits.max(-1)
-            lse = top - chunk_probs.gather(1, argmax[:, None]).squeeze(1).log()
-            logprobs[part] = logits.gather(1, tokens[part, None]).squeeze(1) - lse
-            if with_entropy:  # H = logsumexp - sum(softmax * logits), the dot product without a temporary
-                entropy[part] = lse - torch.bmm(chunk_probs[:, None], logits[:, :, None]).view(-1)
+            if for_backward:
+                logits = probs[part]
+            else:
+                logits = buffer[: part.stop - start]
+                torch.mm(hidden[part], weight.T, out=logits)
+                if bias is not None:
+                    logits += bias
+            top = logits.amax(-1)
+            token_logits = logits.gather(1, tokens[part, None]).squeeze(1)
+            if with_entropy:
+                logits_copy = saved_logits[: len(logits)]
+                logits_copy.copy_(logits)
+            softmax = torch.softmax(logits, -1, out=logits)  # in place: the logits are not needed again
+            # logsumexp = max logit - log(largest probability): exact, and cheaper than its own pass.
+            lse = top - softmax.amax(-1).log()
+            logprobs[part] = token_logits - lse
+            if with_entropy:  # H = logsumexp - sum(softmax * logits)
+                entropy[part] = lse - torch.linalg.vecdot(softmax, logits_copy)
         ctx.probs = probs if for_backward else None
         ctx.save_for_backward(hidden, weight, bias, tokens)
         ctx.mark_non_differentiable(entropy)
@@ -156,6 +193,7 @@ class _HeadLogProbs(torch.autograd.Function):
         grad_hidden = grad_logits @ weight if ctx.needs_input_grad[0] else None
         grad_weight = grad_logits.T @ hidden if ctx.needs_input_grad[1] else None
         grad_bias = grad_logits.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
+        SPARE.give(ctx.buffer)
         return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
