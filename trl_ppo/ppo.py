@@ -337,7 +337,7 @@ class PPOTrainer:
     """
 
     def __init__(
-        self, cfg: "PPOConfig", policy: PolicyWithValueHead, reference: torch.nn.Module | None, pad_id: int,
+        self, cfg: PPOConfig, policy: PolicyWithValueHead, reference: torch.nn.Module | None, pad_id: int,
         seed: int, bf16: bool = False,
     ) -> None:
         self.cfg, self.policy, self.reference, self.pad_id = cfg, policy, reference, pad_id
@@ -445,7 +445,7 @@ class PPOTrainer:
         kl_per_rollout = (kl * mask).sum(1)
         query_lengths = torch.tensor([len(q) for q in queries], dtype=torch.float)
         response_lengths = torch.tensor([len(r) for r in responses], dtype=torch.float)
-        stats = {
+        scalars = {
             "objective/kl": kl_per_rollout.mean(),
             "objective/entropy": (-logprobs * mask).sum(1).mean(),
             "ppo/mean_non_score_reward": core.masked_mean(non_score_rewards, mask),
@@ -457,7 +457,7 @@ class PPOTrainer:
             "tokens/responses_len_std": response_lengths.std(),
             **{f"ppo/{k}": torch.stack(v).mean() for k, v in train_stats.items()},
         }
-        metrics = dict(zip(stats, torch.stack([v.to(device) for v in stats.values()]).tolist(), strict=True))
+        metrics = dict(zip(scalars, torch.stack([v.to(device) for v in scalars.values()]).tolist(), strict=True))
         metrics["ppo/val/var_explained"] = 1 - metrics["ppo/val/error"] / metrics["ppo/returns/var"]
         metrics = average(metrics, device)
         metrics.update({"objective/kl_coef": self.kl_coef, "ppo/learning_rate": self.optimizer.param_groups[0]["lr"]})
