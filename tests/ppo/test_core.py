@@ -152,3 +152,38 @@ def test_whitened_rewards_leave_the_padding_at_zero() -> None:
     more_padding = core.gae(*wider[:2], wider[2], gamma=1.0, lam=0.95, whiten_rewards=True)
     for a, b in zip(padded, more_padding, strict=True):
         torch.testing.assert_close(a * mask, b[:, :5] * mask)
+
+
+def test_lora_head_folded_in_gives_peft_own_forward(tmp_path) -> None:  # noqa: ANN001
+    """With LoRA on attention and the output projection, our log-probabilities and their gradients are
+    PEFT's own forward pass's; with the adapters disabled, the base model's."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from trl_ppo.models import load_policy, output_head, reference_mode, response_hidden
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=30, n_embd=16, n_layer=2, n_head=2, n_positions=16)).save_pretrained(tmp_path)
+    policy, reference = load_policy(str(tmp_path), True, 4, 16, torch.device("cpu"), ["c_attn", "lm_head"])
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:  # B starts at zero, which would hide the adapters
+            torch.nn.init.normal_(p, std=0.5)
+    ids = torch.randint(0, 30, (3, 9))
+    responses = ids[:, -4:]
+    logprobs, _, _, _ = policy(ids, torch.ones_like(ids), responses, with_entropy=False)
+    logprobs.sum().backward()
+    ours = {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad and "v_head" not in n}
+    policy.zero_grad()
+    expected = policy.lm(input_ids=ids).logits[:, -5:-1].log_softmax(-1).gather(-1, responses[..., None]).squeeze(-1)
+    expected.sum().backward()
+    torch.testing.assert_close(logprobs, expected)
+    assert len(ours) == 6  # A and B of two layers' c_attn and of lm_head
+    for name, grad in ours.items():
+        expected_grad = dict(policy.named_parameters())[name].grad
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5 * expected_grad.abs().max(), msg=name)
+    with torch.no_grad(), reference_mode(policy, reference) as ref_lm:
+        hidden = response_hidden(ref_lm, ids, torch.ones_like(ids), 4)
+        ref_logprobs, _ = core.head_logprobs(hidden, *output_head(ref_lm), responses, with_entropy=False)
+        base = ref_lm.get_base_model()
+    with torch.no_grad(), policy.lm.disable_adapter():
+        base_logits = base(input_ids=ids).logits[:, -5:-1]
+    torch.testing.assert_close(ref_logprobs, base_logits.log_softmax(-1).gather(-1, responses[..., None]).squeeze(-1))
