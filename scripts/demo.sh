@@ -23,7 +23,7 @@ ppo="python -m trl_ppo.ppo --ppo_config.log_with wandb --ppo_config.model_name $
 python benchmark/benchmark.py \
   --command "$ppo --ppo_config.exp_name sentiment --ppo_config.learning_rate 1e-3" \
   --command "$ppo --ppo_config.exp_name sentiment_peft --use_peft --lora_r 4 --lora_target_modules c_attn lm_head \
---ppo_config.learning_rate 1e-2" \
+--ppo_config.learning_rate 2e-2" \
   --num-seeds 2 --workers 2 --run-dir "$run"
 benchmark report --wandb-dir "$run/wandb" --run-dir "$run" --output-dir "$run/report"
 echo "report: $run/report/index.html"
