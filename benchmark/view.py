@@ -155,6 +155,11 @@ def final_summary(records: list[JobRecord], run_dir: Path, redactor: Redactor, s
     failed = [r for r in records if r.state != COMPLETED]
     say(f"{len(records) - len(failed)}/{len(records)} jobs completed in {seconds:.1f}s")
     for record in failed:
-        say(f"\n{record.id} {record.state} (exit {record.exit_code}), log {run_dir / record.log}:", style="red")
-        say(log_tail(run_dir / record.log, redactor))
+        log = run_dir / record.log
+        say(f"\n{record.id} {record.state} (exit {record.exit_code}), log {log}:", style="red")
+        if record.slurm_id and record.state == "FAILED" and not log.exists():
+            say(f"(no log: Slurm could not open {log} for the task, which then failed before its script ran; "
+                "the folder must exist on the node and be writable by the job's user)")
+        else:
+            say(log_tail(log, redactor))
     return 1 if failed else 0

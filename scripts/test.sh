@@ -7,6 +7,8 @@ bash scripts/setup.sh
 source .venv/bin/activate
 bash scripts/slurm-up.sh
 trap 'bash scripts/slurm-down.sh' EXIT
+# The lab's SLURM_CONF for everything below: never another cluster's /etc/slurm/slurm.conf.
+source scripts/slurm-lib.sh
 ruff check .
 # tests/report checks the report's index.html in a real headless browser.
 command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)

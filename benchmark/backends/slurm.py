@@ -8,6 +8,8 @@ exit-code files that every task writes.
 
 from __future__ import annotations
 
+import difflib
+import getpass
 import re
 import secrets
 import subprocess
@@ -18,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchmark import sbatch_script
 from benchmark.backends import Backend, BackendError
 from benchmark.manifest import ACTIVE_STATES, CANCELLED, COMPLETED, NOT_SUBMITTED, PENDING, JobRecord, Manifest
 from benchmark.plan import PlanError
@@ -28,7 +31,7 @@ from benchmark.view import SweepView, final_summary, say, say_error
 
 THEN = "then"  # the variant name of the follow-up job (`--then`)
 _TIMEOUT_S = 60
-_SACCT_FIELDS = "JobID,State,ExitCode,NodeList,Start,End"
+_SACCT_FIELDS = "JobID,JobIDRaw,State,ExitCode,NodeList,Start,End"
 
 
 class SlurmError(BackendError):
@@ -76,12 +79,33 @@ def run_slurm(argv: list[str], cwd: str | None = None) -> str:
     return result.stdout
 
 
-def _sbatch_held(script: Path, cwd: str) -> str | SlurmError:
+def _sbatch_held(script: Path, cwd: str, options: list[str]) -> str | SlurmError:
     """Submit a script held; its job id, or Slurm's refusal (returned: other submissions go on)."""
     try:
-        return parse_job_id(run_slurm(["sbatch", "--parsable", "--hold", str(script)], cwd=cwd))
+        return parse_job_id(run_slurm(["sbatch", "--parsable", "--hold", *options, str(script)], cwd=cwd))
     except SlurmError as error:
         return error
+
+
+def explicit_options(settings: dict[str, Any]) -> list[str]:
+    """The flags the user gave, for sbatch's command line: they override the script's #SBATCH lines, so
+    they apply even to a template that hardcodes its own (TRL's says --partition=hopper-prod)."""
+    given = [("--partition", settings["partition"]), ("--time", settings["time"]), ("--mem", settings["mem"])]
+    return [f"{flag}={value}" for flag, value in given if value] + list(settings["extra"])
+
+
+def ignored_directives(template: str, script: str) -> list[str]:
+    """A warning for each #SBATCH line that sbatch will ignore, naming its line in the template."""
+    template_lines, script_lines = Path(template).read_text().splitlines(), script.splitlines()
+    blocks = difflib.SequenceMatcher(None, template_lines, script_lines, autojunk=False).get_opcodes()
+    warnings = []
+    for number, text in sbatch_script.parse(script).ignored:
+        # The template line that rendered it: the same line, or the one in its place among changed lines.
+        tag, i1, i2, j1, j2 = next(b for b in blocks if b[3] <= number - 1 < b[4])
+        line = i1 + (number - 1 - j1) + 1 if tag == "equal" or i2 - i1 == j2 - j1 else i1 + 1
+        warnings.append(f"warning: {template}:{line}: sbatch ignores '{text}': it comes after the script's "
+                        "first command, and sbatch reads #SBATCH lines only before it")
+    return warnings
 
 
 def _script(manifest_dir: Path, plan: dict[str, Any], variant: str, seeds: list[int]) -> str:
@@ -127,8 +151,12 @@ class SlurmBackend(Backend):
         parts = []
         for variant, group in by_variant(records).items():
             seeds = [r.seed for r in group]
+            script = _script(run_dir, plan, variant, seeds)
+            parts.extend(f"# {w}" for w in ignored_directives(plan["slurm"]["template"], script))
             parts.append(f"# {variant}: job array over seeds {seeds}, script {run_dir / 'scripts' / variant}.sh")
-            parts.append(_script(run_dir, plan, variant, seeds))
+            if options := explicit_options(plan["slurm"]):
+                parts.append(f"# submitted with: sbatch {' '.join(options)}")
+            parts.append(script)
         if plan["slurm"]["then"]:
             parts.append(f"# then, after every task: {plan['slurm']['then']}")
         return "\n".join(parts)
@@ -141,25 +169,39 @@ class SlurmBackend(Backend):
         scripts = {v: _script(manifest.run_dir, manifest.plan, v, [r.seed for r in g]) for v, g in groups.items()}
         (manifest.run_dir / "scripts").mkdir(exist_ok=True)
         (manifest.run_dir / "logs").mkdir(exist_ok=True)
-        paths = {}
+        cwd = manifest.plan["cwd"]
+        paths, parsed = {}, {}
         for variant, script in scripts.items():
+            for warning in ignored_directives(settings["template"], script):
+                say_error(warning)
             paths[variant] = manifest.run_dir / "scripts" / f"{variant}-{int(time.time() * 1000)}.sh"
             paths[variant].write_text(script)
-        cwd = manifest.plan["cwd"]
+            parsed[variant] = sbatch_script.parse(script)
+            # Slurm does not make the folders of a task's logs; TRL's benchmark.py made slurm/logs itself.
+            for pattern in sbatch_script.log_patterns(parsed[variant], Path(cwd)):
+                try:
+                    if "%" not in str(pattern.parent):
+                        pattern.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as error:
+                    say_error(f"warning: {variant}: cannot make the folder of its log {pattern}: {error}")
         submitted, refused = [], []
         # All arrays are submitted at once: each sbatch mostly waits on slurmctld, so ten in parallel
         # take little longer than one. They are held, so none starts before its ids are on disk.
         with ThreadPoolExecutor(max_workers=min(len(groups), 16) or 1) as pool:
-            answers = pool.map(_sbatch_held, [paths[v] for v in groups], [cwd] * len(groups))
+            options = explicit_options(settings)
+            answers = pool.map(lambda v: _sbatch_held(paths[v], cwd, options), groups)
             for (variant, group), answer in zip(groups.items(), answers, strict=True):
                 if isinstance(answer, SlurmError):
                     for record in group:
                         record.state, record.message = NOT_SUBMITTED, str(answer)
                     refused.append(f"{variant}: {answer}")
                 else:
+                    # The log as Slurm names it; %j (the task's own job id) and %N are filled in by refresh.
+                    log = str(sbatch_script.log_patterns(parsed[variant], Path(cwd))[0])
+                    job_name = parsed[variant].options.get("job-name") or paths[variant].name
                     for index, record in enumerate(group):
                         record.slurm_id, record.state = f"{answer}_{index}", PENDING
-                        record.log = f"logs/{variant}_{answer}_{index}.out"
+                        record.log = sbatch_script.expand(log, A=answer, a=index, x=job_name, u=getpass.getuser())
                         record.wandb_id = f"{settings['wandb_run_id_prefix']}-{answer}-{index}"
                     submitted.append(answer)
                     say(f"{variant}: submitted job array {answer} ({len(group)} tasks), script {paths[variant]}")
@@ -259,6 +301,9 @@ def _apply_sacct(manifest: Manifest, records: list[JobRecord]) -> None:
             continue  # not in accounting yet: keep what we knew
         record.state = stats["State"].split()[0].rstrip("+")  # "CANCELLED by 0" -> CANCELLED
         record.node = stats["NodeList"] if stats["NodeList"] not in ("", "None assigned") else record.node
+        if record.log and sbatch_script.unresolved(record.log):
+            known = {"j": stats["JobIDRaw"]} | ({"N": sbatch_script.first_node(record.node)} if record.node else {})
+            record.log = sbatch_script.expand(record.log, **known)
         record.start = _when(stats["Start"]) or record.start
         record.end = _when(stats["End"]) if record.state not in ACTIVE_STATES else None
         if record.state not in ACTIVE_STATES:

@@ -18,6 +18,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 LAB_CLUSTER = "trlbench"
+# Every Slurm command of these tests, and of the jobs and harnesses they start, reads the lab's config
+# (scripts/slurm-lib.sh): never a real cluster's /etc/slurm/slurm.conf, as on a login node.
+LAB_DIR = Path(os.environ.get("SLURM_LAB_DIR", "/var/tmp/trl-benchmark-slurm"))
+os.environ["SLURM_CONF"] = str(LAB_DIR / "etc" / "slurm.conf")
 # sacct states of tasks that have not ended yet; any other state is final.
 UNFINISHED = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED"}
 
@@ -59,7 +63,7 @@ class Lab:
     """Submit batch scripts to the lab cluster and read sacct (fixture `lab`)."""
 
     scripts = REPO / "scripts"
-    path = Path(os.environ.get("SLURM_LAB_DIR", "/var/tmp/trl-benchmark-slurm"))
+    path = LAB_DIR
 
     def sbatch(self, script: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

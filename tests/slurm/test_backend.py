@@ -226,3 +226,41 @@ def records_now(cwd: Path) -> dict[str, dict]:
 
 def states(cwd: Path) -> list[str]:
     return sorted(r["state"] for r in records_now(cwd).values())
+
+
+def test_trl_template_runs_unchanged(cwd: Path) -> None:
+    """TRL's own benchmark/trl.slurm_template, as TRL ships it: --partition=hopper-prod, `module load
+    cuda/12.1` (no module system here; the template has no `set -e`), --output=slurm/logs/%x_%j.out in a
+    folder nobody made, and `{{nodes}}` after the first command. Only the partition comes by flag."""
+    template = Path(__file__).parent / "trl_original.slurm_template"
+    result = run_cli("--command", "echo trl", "--num-seeds", "2", "--workers", "2", "--slurm-nodes", "1",
+                     "--slurm-gpus-per-task", "1", "--slurm-ntasks", "1", "--slurm-total-cpus", "2",
+                     "--slurm-template-path", str(template), "--slurm-partition", "debug", "--poll-interval", "0.3",
+                     "--run-dir", "r", "--wait", cwd=cwd, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # sbatch would ignore the --nodes line in silence; the harness names it.
+    assert f"warning: {template}:13: sbatch ignores '#SBATCH --nodes=1'" in result.stderr
+    jobs = records(cwd / "r")
+    for seed in (1, 2):
+        job = jobs[f"echo-trl/{seed}"]
+        # %x is the template's job name, %j each task's own job id (read back from Slurm).
+        log = Path(job["log"])
+        assert job["state"] == "COMPLETED" and log.parent == cwd / "slurm" / "logs", job
+        assert log.name.startswith("trl_") and "%" not in log.name
+        assert f"trl --seed {seed}" in log.read_text()
+    status = status_rows(cwd)
+    assert all(str(Path(job["log"])) in status.replace("\n", "") for job in jobs.values()), status
+
+
+def test_a_log_slurm_cannot_write_is_named(cwd: Path) -> None:
+    template = cwd / "unwritable.slurm_template"
+    template.write_text((Path(__file__).parent / "trl_original.slurm_template").read_text().replace(
+        "slurm/logs/%x_%j.out", "/proc/no-such-folder/%x_%j.out"))
+    result = run_cli("--command", "echo trl", "--num-seeds", "1", "--slurm-gpus-per-task", "1", "--slurm-ntasks", "1",
+                     "--slurm-total-cpus", "2", "--slurm-template-path", str(template), "--slurm-partition", "debug",
+                     "--poll-interval", "0.3", "--run-dir", "r", "--wait", cwd=cwd, timeout=180)
+    assert result.returncode == 1
+    assert "cannot make the folder of its log /proc/no-such-folder/%x_%j.out" in result.stderr
+    (job,) = records(cwd / "r").values()
+    assert job["state"] == "FAILED" and job["log"].startswith("/proc/no-such-folder/trl_") and "%" not in job["log"]
+    assert f"(no log: Slurm could not open {job['log']} for the task" in result.stdout.replace("\n", "")

@@ -85,22 +85,6 @@ def test_two_nodes_spread_ranks_over_both(lab, run_dir):
     assert {node for node, _ in ranks(log_of(run_dir, job, 0)).values()} == {"node1", "node2"}
 
 
-def test_trl_template_runs_unchanged(lab, tmp_path):
-    # TRL's own template, minus what names a site (its partition and its module system).
-    source = (HERE / "trl_original.slurm_template").read_text()
-    template = tmp_path / "trl.slurm_template"
-    template.write_text(
-        source.replace("--partition=hopper-cpu", "--partition=debug").replace("module load cuda/12.1", "")
-    )
-    (tmp_path / "slurm" / "logs").mkdir(parents=True)
-    script = tmp_path / "job.slurm"
-    script.write_text(render(template, command="echo trl", seeds=[1, 2], run_dir=tmp_path, workers=1, total_cpus=2))
-    job = lab.submit(script, cwd=tmp_path)
-    assert [t.state for t in lab.wait(job, 2).values()] == ["COMPLETED", "COMPLETED"]
-    logs = "".join(path.read_text() for path in (tmp_path / "slurm" / "logs").iterdir())
-    assert "trl --seed 1" in logs and "trl --seed 2" in logs
-
-
 def test_bogus_partition_is_refused_by_sbatch(lab, run_dir):
     result = lab.sbatch(write_script(run_dir, command="true", seeds=[1], partition="no-such-partition"))
     assert result.returncode != 0

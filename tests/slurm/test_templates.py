@@ -146,3 +146,40 @@ def test_syntax_error_names_the_line(tmp_path):
 def test_missing_template_file(tmp_path):
     with pytest.raises(TemplateError, match="template file not found: .*nope.slurm_template"):
         render(tmp_path / "nope.slurm_template", command="true", seeds=[1], run_dir=tmp_path)
+
+
+def test_sbatch_reads_directives_only_before_the_first_command() -> None:
+    from benchmark import sbatch_script
+
+    script = sbatch_script.parse(
+        "#!/bin/bash\n#SBATCH --job-name=trl\n#SBATCH -o slurm/logs/%x_%j.out --partition hopper\n"
+        "##SBATCH --exclude=n1\n\nmodule load cuda/12.1\n#SBATCH --nodes=1\necho hi\n"
+    )
+    assert script.options == {"job-name": "trl", "output": "slurm/logs/%x_%j.out", "partition": "hopper"}
+    assert script.ignored == [(7, "#SBATCH --nodes=1")]
+    assert sbatch_script.parse("#!/bin/bash\necho\n").options == {}
+
+
+def test_log_patterns_expand_as_slurm_does(tmp_path: Path) -> None:
+    from benchmark import sbatch_script
+
+    pattern = "logs/%x_%A_%4a_%j_%N_%u_100%%.out"
+    partly = sbatch_script.expand(pattern, x="trl", A=41, a=3, u="me")
+    assert partly == "logs/trl_41_0003_%j_%N_me_100%%.out" and sbatch_script.unresolved(partly)
+    assert sbatch_script.expand(partly, j=44, N=sbatch_script.first_node("node[1-2],gpu7")) == (
+        "logs/trl_41_0003_44_node1_me_100%.out")
+    assert sbatch_script.first_node("node2") == "node2"
+    default = sbatch_script.log_patterns(sbatch_script.parse("#!/bin/bash\ntrue\n"), tmp_path)
+    assert default == [tmp_path / "slurm-%A_%a.out"]
+
+
+def test_dry_run_warns_of_ignored_directives_and_shows_the_flags_that_override(tmp_path: Path) -> None:
+    from cli import run_cli
+
+    result = run_cli("--command", "echo trl", "--slurm-template-path", str(TRL_TEMPLATE), "--slurm-nodes", "2",
+                     "--slurm-gpus-per-task", "1", "--slurm-partition", "debug", "--slurm-time", "1:00:00",
+                     "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"# warning: {TRL_TEMPLATE}:13: sbatch ignores '#SBATCH --nodes=2'" in result.stdout
+    assert "# submitted with: sbatch --partition=debug --time=1:00:00" in result.stdout
+    assert not (tmp_path / "slurm").exists()  # a dry run makes nothing
