@@ -9,11 +9,12 @@
 # --scale gpu: the seed's command lines as they stand (hub models, the seed's batch sizes), for a GPU
 #   cluster; W&B as configured in your environment.
 # --scale cpu (default): the same studies on the offline stand-ins (python -m trl_ppo.offline_assets),
+#   --steps PPO steps of 16 rollouts each (default 48),
 #   sized for a CPU, on the cluster that `sbatch` reaches (the lab's: scripts/slurm-up.sh), W&B offline.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-SCALE=cpu SEEDS=5 STEPS=16 OUT="" RUNS=runs TEMPLATE=templates/trl.slurm_template
+SCALE=cpu SEEDS=5 STEPS=48 OUT="" RUNS=runs TEMPLATE=templates/trl.slurm_template
 while [ $# -gt 0 ]; do
   case $1 in
     --scale) SCALE=$2 ;;
