@@ -9,8 +9,8 @@
 # --scale gpu: the seed's command lines as they stand (hub models, the seed's batch sizes), for a GPU
 #   cluster; W&B as configured in your environment.
 # --scale cpu (default): the same studies on the offline stand-ins (python -m trl_ppo.offline_assets),
-#   --steps PPO steps of 16 rollouts each (default 48),
-#   sized for a CPU, on the cluster that `sbatch` reaches (the lab's: scripts/slurm-up.sh), W&B offline.
+#   sized for a CPU (--steps PPO steps of 16 rollouts, default 48), on the cluster that `sbatch` reaches
+#   (the lab's: scripts/slurm-up.sh), W&B offline.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
