@@ -391,12 +391,13 @@ class PPOTrainer:
                 with torch.no_grad(), self.autocast:
                     chunk_logprobs, _, chunk_values, hidden = policy(ids, attention, tokens, with_entropy=False)
             with torch.no_grad(), self.autocast:
-                head = output_head(policy.lm)
+                # The policy's head is taken before reference_mode: with PEFT that turns the adapters off.
+                head = output_head(policy.lm) if cfg.kl_penalty == "full" else None
                 with reference_mode(policy, self.reference) as ref_lm:
                     ref_hidden = response_hidden(ref_lm, ids, attention, tokens.shape[1])
                     ref_head = output_head(ref_lm)
                     chunk_ref_logprobs, _ = core.head_logprobs(ref_hidden, *ref_head, tokens, with_entropy=False)
-                if cfg.kl_penalty == "full":
+                if head is not None:
                     kl[rows] = core.full_kl(hidden, head, ref_hidden, ref_head)
                 else:
                     kl[rows] = core.kl_penalty(chunk_logprobs, chunk_ref_logprobs, cfg.kl_penalty)

@@ -94,12 +94,14 @@ def explicit_options(settings: dict[str, Any]) -> list[str]:
     return [f"{flag}={value}" for flag, value in given if value] + list(settings["extra"])
 
 
-def ignored_directives(template: str, script: str) -> list[str]:
-    """A warning for each #SBATCH line that sbatch will ignore, naming its line in the template."""
+def ignored_directives(template: str, script: str, parsed: sbatch_script.BatchScript) -> list[str]:
+    """A warning for each #SBATCH line of `script` (parsed) that sbatch will ignore, naming its template line."""
+    if not parsed.ignored:
+        return []
     template_lines, script_lines = Path(template).read_text().splitlines(), script.splitlines()
     blocks = difflib.SequenceMatcher(None, template_lines, script_lines, autojunk=False).get_opcodes()
     warnings = []
-    for number, text in sbatch_script.parse(script).ignored:
+    for number, text in parsed.ignored:
         # The template line that rendered it: the same line, or the one in its place among changed lines.
         tag, i1, i2, j1, j2 = next(b for b in blocks if b[3] <= number - 1 < b[4])
         line = i1 + (number - 1 - j1) + 1 if tag == "equal" or i2 - i1 == j2 - j1 else i1 + 1
@@ -152,7 +154,8 @@ class SlurmBackend(Backend):
         for variant, group in by_variant(records).items():
             seeds = [r.seed for r in group]
             script = _script(run_dir, plan, variant, seeds)
-            parts.extend(f"# {w}" for w in ignored_directives(plan["slurm"]["template"], script))
+            warnings = ignored_directives(plan["slurm"]["template"], script, sbatch_script.parse(script))
+            parts.extend(f"# {w}" for w in warnings)
             parts.append(f"# {variant}: job array over seeds {seeds}, script {run_dir / 'scripts' / variant}.sh")
             if options := explicit_options(plan["slurm"]):
                 parts.append(f"# submitted with: sbatch {' '.join(options)}")
@@ -170,15 +173,16 @@ class SlurmBackend(Backend):
         (manifest.run_dir / "scripts").mkdir(exist_ok=True)
         (manifest.run_dir / "logs").mkdir(exist_ok=True)
         cwd = manifest.plan["cwd"]
-        paths, parsed = {}, {}
+        paths, parsed, logs = {}, {}, {}
         for variant, script in scripts.items():
-            for warning in ignored_directives(settings["template"], script):
+            parsed[variant] = sbatch_script.parse(script)
+            for warning in ignored_directives(settings["template"], script, parsed[variant]):
                 say_error(warning)
             paths[variant] = manifest.run_dir / "scripts" / f"{variant}-{int(time.time() * 1000)}.sh"
             paths[variant].write_text(script)
-            parsed[variant] = sbatch_script.parse(script)
+            logs[variant] = sbatch_script.log_patterns(parsed[variant], Path(cwd))
             # Slurm does not make the folders of a task's logs; TRL's benchmark.py made slurm/logs itself.
-            for pattern in sbatch_script.log_patterns(parsed[variant], Path(cwd)):
+            for pattern in logs[variant]:
                 try:
                     if "%" not in str(pattern.parent):
                         pattern.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +201,7 @@ class SlurmBackend(Backend):
                     refused.append(f"{variant}: {answer}")
                 else:
                     # The log as Slurm names it; %j (the task's own job id) and %N are filled in by refresh.
-                    log = str(sbatch_script.log_patterns(parsed[variant], Path(cwd))[0])
+                    log = str(logs[variant][0])
                     job_name = parsed[variant].options.get("job-name") or paths[variant].name
                     for index, record in enumerate(group):
                         record.slurm_id, record.state = f"{answer}_{index}", PENDING
