@@ -5,7 +5,7 @@
 Writes --runs offline runs (4 variants, TRL metric names, 10 metrics a step) with the real wandb,
 two writer processes at a time; with --runs-dir they are kept and reused by the next call. Then,
 as the median of --repeats:
-  - read: every run's `.wandb` file decoded into histories (`benchmark.report.sources`), and
+  - read: every run's `.wandb` file decoded into histories (`benchmark.report.offline.read_runs`), and
   - report: read + align seeds + mean/std + PNG and SVG + summary md/csv/html (`benchmark.report.main`),
   - the same report as a user's fresh `python -m benchmark.report` process, imports included,
 and once, beside them, `wandb leet inspect --json` over the same files (two at a time, as many
@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmark.report import main as report_main  # noqa: E402
-from benchmark.report import offline, sources  # noqa: E402
+from benchmark.report import offline  # noqa: E402
+from benchmark.report.runs import Found  # noqa: E402
 
 VARIANTS = ("sentiment_tuning", "sentiment_tuning_step_grad_accu", "sentiment_tuning_gpt2xl", "sentiment_tuning_peft")
 METRICS = (
@@ -119,8 +120,8 @@ def main() -> None:
         print(f"{len(files)} runs, {size:.0f} MiB of .wandb files, {os.cpu_count()} cores", flush=True)
 
         def read() -> None:
-            found = sources.Found()
-            sources.from_wandb_dirs([subset], found)
+            found = Found()
+            offline.read_runs(offline.find_run_files(subset), found)
             assert len(found.runs) == len(files) and all(len(r.history) == args.steps for r in found.runs)
 
         def report() -> None:

@@ -7,22 +7,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import tyro
 
 from benchmark.backends import Backend, BackendError, get_backend
-from benchmark.backends.local import detect_gpus, local_settings, log_path
-from benchmark.manifest import ACTIVE_STATES, COMPLETED, PENDING, JobRecord, Manifest, ManifestError
-from benchmark.plan import PlanError, Variant, expand, make_variants, seeds
+from benchmark.backends.local import log_path
+from benchmark.manifest import ACTIVE_STATES, COMPLETED, PENDING, FollowUpRecord, JobRecord, Manifest, ManifestError
+from benchmark.plan import PlanError, make_plan
 from benchmark.procs import claim_run_dir, live_harness
 from benchmark.redact import Redactor, referenced_secrets
-from benchmark.tags import auto_tags, git_commit, pr_number
 from benchmark.view import say, say_error, status_table
 
 
@@ -67,7 +67,7 @@ class LaunchArgs:
     jobs_per_gpu: int = 1
     """local jobs allowed to share one GPU"""
     max_retries: int = 0
-    """run a failed job again up to this many times"""
+    """run a failed job again up to this many times (Slurm and submitit: under --wait)"""
     pr: Optional[int] = None
     """the pull request number to tag runs with (`pr-N`)"""
     grace_period: float = 10.0
@@ -114,69 +114,26 @@ def _default_run_dir(name: str) -> Path:
 
 
 def launch(args: LaunchArgs, argv: list[str]) -> int:
-    redactor = Redactor()
-    variants = make_variants(list(args.command))
-    safe_variants = []
-    for variant in variants:
-        command, secrets = redactor.command(variant.command)
-        # Inline secrets reach the jobs through the environment; only `"$NAME"` is ever stored.
-        os.environ.update(secrets)
-        safe_variants.append(Variant(variant.name, command))
-    seed_list = seeds(args.start_seed, args.num_seeds)
-    if args.workers < 0:
-        raise PlanError(f"--workers must not be negative, got {args.workers}")
-    jobs = expand(safe_variants, seed_list, args.seed_flag)
-
-    backend_name = args.backend if args.backend != "auto" else ("slurm" if args.slurm_template_path else "local")
-    if backend_name == "local" and args.workers == 0:
+    plan, secrets = make_plan(args, argv, Redactor())
+    # Inline secrets reach the jobs through the environment; only `"$NAME"` is ever stored.
+    os.environ.update(secrets)
+    jobs = plan.jobs()
+    if plan.backend.name == "local" and args.workers == 0:
         for job in jobs:  # TRL's behaviour: print the commands, run nothing
             print(job.command)
         return 0
-
-    plan: dict[str, Any] = {
-        "argv": [redactor.text(a) for a in argv],
-        "cwd": os.getcwd(),
-        "created": time.time(),
-        "host": os.uname().nodename,
-        "git_commit": git_commit(),
-        "backend": backend_name,
-        "variants": [{"name": v.name, "command": v.command} for v in safe_variants],
-        "seeds": seed_list,
-        "seed_flag": args.seed_flag,
-        "wandb_tags": auto_tags(pr_number(args.pr)) if args.auto_tag else [],
-    }
     records = [JobRecord.from_job(job, log_path(job.variant, job.seed, 1)) for job in jobs]
-    if backend_name == "local":
-        plan["local"] = local_settings(
-            args.workers, detect_gpus(args.gpus), args.gpus_per_job, args.jobs_per_gpu,
-            args.max_retries, args.grace_period,
-        )
-    else:
-        # Imported here: jinja2 and submitit would double the start-up time of every local sweep.
-        from benchmark.backends.slurm import THEN, slurm_settings
-        from benchmark.templates import DEFAULT_TEMPLATE
-
-        settings = slurm_settings(
-            args.slurm_template_path or str(DEFAULT_TEMPLATE), args.workers, args.slurm_gpus_per_task,
-            args.slurm_total_cpus, args.slurm_ntasks, args.slurm_nodes, args.slurm_partition, args.slurm_time,
-            args.slurm_mem, list(args.slurm_extra), list(args.slurm_setup), args.then, args.wait,
-            args.poll_interval,
-        )
-        if backend_name == "submitit":
-            settings["cluster"] = None if args.submitit_cluster == "auto" else args.submitit_cluster
-        plan[backend_name] = settings
-        if args.then:
-            records.append(JobRecord(id=THEN, variant=THEN, seed=0, command=args.then, log=""))
-    run_dir = args.run_dir or _default_run_dir(safe_variants[0].name)
-    backend = get_backend(backend_name)
+    followup = FollowUpRecord(command=args.then) if args.then else None
+    run_dir = args.run_dir or _default_run_dir(plan.variants[0].name)
+    backend = get_backend(plan)
     # Describing renders every script: a bad template stops here, before anything is written.
     description = backend.describe(run_dir, plan, records)
     if args.dry_run:
         say(description)
         return 0
 
-    manifest = Manifest.create(run_dir, plan, records)
-    say(f"run dir {run_dir}: {len(safe_variants)} variant(s) x {len(seed_list)} seed(s)")
+    manifest = Manifest.create(run_dir, plan, records, followup)
+    say(f"run dir {run_dir}: {len(plan.variants)} variant(s) x {len(plan.seeds)} seed(s)")
     return _run(backend, manifest, [r.id for r in records])
 
 
@@ -189,13 +146,16 @@ def _run(backend: Backend, manifest: Manifest, ids: list[str]) -> int:
 
 def status(args: RunDirArgs) -> int:
     manifest = Manifest.load(args.run_dir)
-    note = get_backend(manifest.plan["backend"]).refresh(manifest)
-    records = list(manifest.jobs.values())
+    note = get_backend(manifest.plan).refresh(manifest)
+    records = manifest.records()
     counts: dict[str, int] = {}
     for record in records:
         counts[record.state] = counts.get(record.state, 0) + 1
     title = f"{args.run_dir}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
     say(status_table(records, args.run_dir, title))
+    for record in records:
+        if record.message:
+            say(f"{record.id}: {record.message}")
     if note:
         say(note)
     return 0
@@ -206,18 +166,22 @@ def resume(args: ResumeArgs) -> int:
     harness = live_harness(manifest.run_dir)
     if harness is not None:
         raise PlanError(f"{args.run_dir} is still being run by pid {harness}: wait for it or cancel it first")
-    backend = get_backend(manifest.plan["backend"])
-    states = {r.id: r.state for r in manifest.jobs.values()}
+    plan = manifest.plan
+    if args.max_retries is not None:
+        plan = dataclasses.replace(plan, max_retries=args.max_retries)
+    if args.workers is not None:
+        plan = dataclasses.replace(plan, backend=dataclasses.replace(plan.backend, workers=args.workers))
+    manifest.plan = plan  # for this resume only: the manifest keeps the launch's plan
+    backend = get_backend(plan)
+    states = {id(r): r.state for r in manifest.records()}
     backend.refresh(manifest)
-    settings = manifest.plan[manifest.plan["backend"]]
-    for key in ("workers", "max_retries"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    for record in manifest.jobs.values():
+    for record in manifest.records():
         ended_badly = record.state not in ACTIVE_STATES and record.state != COMPLETED
-        if ended_badly:
+        if ended_badly and isinstance(record, JobRecord):
             record.archive_try()
-        if ended_badly or record.state != states[record.id]:
+        elif ended_badly and isinstance(record, FollowUpRecord):
+            record.reset()
+        if ended_badly or record.state != states[id(record)]:
             manifest.save(record)
     todo = [r for r in manifest.jobs.values() if _not_started(r)]
     still_running = [r.id for r in manifest.jobs.values() if r.state in ACTIVE_STATES and not _not_started(r)]
@@ -233,14 +197,14 @@ def resume(args: ResumeArgs) -> int:
 
 def _not_started(record: JobRecord) -> bool:
     """Neither run locally nor queued on Slurm (Slurm's PENDING means queued there)."""
-    return record.state == PENDING and record.slurm_id is None
+    return record.state == PENDING and record.scheduler_id is None
 
 
 def _warn_missing_secrets(manifest: Manifest) -> None:
     missing = {
         name
-        for variant in manifest.plan["variants"]
-        for name in referenced_secrets(variant["command"])
+        for variant in manifest.plan.variants
+        for name in referenced_secrets(variant.command)
         if name not in os.environ
     }
     if missing:
@@ -249,7 +213,7 @@ def _warn_missing_secrets(manifest: Manifest) -> None:
 
 def cancel(args: RunDirArgs) -> int:
     manifest = Manifest.load(args.run_dir)
-    return get_backend(manifest.plan["backend"]).cancel(manifest)
+    return get_backend(manifest.plan).cancel(manifest)
 
 
 _LAUNCH_DESCRIPTION = "Run a command across seeds (and variants), locally or on Slurm, and record every job."

@@ -1,20 +1,35 @@
-"""Planning: commands x seeds -> jobs.
+"""Planning: commands x seeds -> jobs, and every setting a backend needs, checked and settled.
 
-A *variant* is one `--command`; a *job* is one variant run with one seed. The plan is pure data:
-no process is started and nothing is written here.
+A *variant* is one `--command`; a *job* is one variant run with one seed. The `Plan` is frozen data,
+written as the manifest's first line and read back typed, so `status` and `resume` in a later process
+act exactly as the launch did; choices such as the GPUs or submitit's cluster are made once, here.
+No job is started and nothing is written here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import time
+import typing
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from benchmark.redact import Redactor
+from benchmark.tags import auto_tags, git_commit, pr_number
+from benchmark.workload import EXP_NAME_FLAGS
+
+if TYPE_CHECKING:
+    from benchmark.cli import LaunchArgs
 
 # `name=python train.py ...` names a variant explicitly. Upper-case names are left alone because
 # `CUDA_LAUNCH_BLOCKING=1 python ...` is an environment assignment, not a variant name.
 _NAME_PREFIX = re.compile(r"^(?P<name>[a-z0-9][A-Za-z0-9_.+-]*)=(?P<command>\S.*)$", re.DOTALL)
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-_EXP_NAME_FLAGS = ("--ppo_config.exp_name", "--exp-name", "--exp_name")
 _SLUG_MAX = 40
 _LAUNCHERS = {"-m", "srun", "accelerate", "launch", "torchrun"}
 _PYTHON = re.compile(r"python[0-9.]*")
@@ -64,7 +79,7 @@ def _exp_name(command: str) -> str | None:
     tokens = _tokens(command)
     for i, token in enumerate(tokens):
         flag, eq, value = token.partition("=")
-        if flag in _EXP_NAME_FLAGS:
+        if flag in EXP_NAME_FLAGS:
             if eq:
                 return value or None
             if i + 1 < len(tokens):
@@ -116,3 +131,203 @@ def expand(variants: list[Variant], seed_list: list[int], seed_flag: str) -> lis
         for variant in variants
         for seed in seed_list
     ]
+
+
+def detect_gpus(requested: str | None) -> list[str]:
+    """`--gpus`, else CUDA_VISIBLE_DEVICES, else what nvidia-smi lists, else none."""
+    if requested is None:
+        requested = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if requested is None and shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=20, check=True,
+            ).stdout
+            requested = ",".join(out.split())
+        except (OSError, subprocess.SubprocessError):
+            requested = None
+    return [g.strip() for g in (requested or "").split(",") if g.strip()]
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The local pool: at most `workers` jobs at once, each on `gpus_per_job` of `gpus` (none: no GPU)."""
+
+    name: ClassVar[str] = "local"
+    workers: int = 1
+    gpus: tuple[str, ...] = ()
+    gpus_per_job: int = 0
+    jobs_per_gpu: int = 1
+
+    @property
+    def concurrency(self) -> int:
+        if not self.gpus:
+            return self.workers
+        return min(self.workers, len(self.gpus) * self.jobs_per_gpu // self.gpus_per_job)
+
+
+@dataclass(frozen=True)
+class ArraySettings:
+    """What a job array asks of Slurm, for both the slurm and the submitit backend."""
+
+    workers: int = 0  # tasks of one array at once; 0: no limit
+    gpus_per_task: int = 0
+    total_cpus: int = 1
+    ntasks: int = 1
+    nodes: int | None = None
+    partition: str | None = None
+    time: str | None = None
+    mem: str | None = None
+    extra: tuple[str, ...] = ()  # more sbatch options
+    setup: tuple[str, ...] = ()  # shell lines run before the command
+    then: str | None = None  # the follow-up command
+    wait: bool = False
+    poll_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class SlurmSettings(ArraySettings):
+    name: ClassVar[str] = "slurm"
+    template: str = ""
+
+
+@dataclass(frozen=True)
+class SubmititSettings(ArraySettings):
+    name: ClassVar[str] = "submitit"
+    cluster: Literal["slurm", "local"] = "local"
+
+
+BackendSettings = LocalSettings | SlurmSettings | SubmititSettings
+_SETTINGS = {cls.name: cls for cls in typing.get_args(BackendSettings)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    variants: tuple[Variant, ...]
+    seeds: tuple[int, ...]
+    backend: BackendSettings = LocalSettings()
+    seed_flag: str = "--seed"
+    wandb_tags: tuple[str, ...] = ()  # added to each job's WANDB_TAGS
+    max_retries: int = 0
+    grace_period: float = 10.0  # seconds a stopped job gets between SIGTERM and SIGKILL
+    # Where and what: the jobs run in `cwd`; the rest says what launched them.
+    cwd: str = "."
+    argv: tuple[str, ...] = ()
+    created: float = 0.0
+    host: str = ""
+    git_commit: str | None = None
+
+    def jobs(self) -> list[Job]:
+        return expand(list(self.variants), list(self.seeds), self.seed_flag)
+
+    def command_of(self, variant: str) -> str:
+        return next(v.command for v in self.variants if v.name == variant)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["backend"] = {"name": self.backend.name, **data["backend"]}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        settings = dict(data["backend"])
+        backend = _typed(_SETTINGS[settings.pop("name")], settings)
+        variants = tuple(Variant(**v) for v in data["variants"])
+        return _typed(cls, data | {"backend": backend, "variants": variants})
+
+
+def _typed(cls: type, data: dict[str, Any]) -> Any:
+    """`cls(**data)`, JSON's lists back as the tuples the fields declare; an unknown key is an error."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            value = data[f.name]
+            origin = typing.get_origin(hints[f.name])
+            values[f.name] = tuple(value) if origin is tuple and isinstance(value, list) else value
+    if unknown := set(data) - set(values):
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}")
+    return cls(**values)
+
+
+def make_plan(args: LaunchArgs, argv: list[str], redactor: Redactor) -> tuple[Plan, dict[str, str]]:
+    """The checked plan of a launch, and the secrets lifted out of its commands: the jobs take them
+    from the environment, and only `"$NAME"` is ever stored."""
+    variants, lifted = [], {}
+    for variant in make_variants(list(args.command)):
+        command, found = redactor.command(variant.command)
+        lifted |= found
+        variants.append(Variant(variant.name, command))
+    seed_list = seeds(args.start_seed, args.num_seeds)
+    if args.workers < 0:
+        raise PlanError(f"--workers must not be negative, got {args.workers}")
+    if args.max_retries < 0:
+        raise PlanError(f"--max-retries must not be negative, got {args.max_retries}")
+    backend = args.backend if args.backend != "auto" else ("slurm" if args.slurm_template_path else "local")
+    settings = _local(args) if backend == "local" else _array(args, backend)
+    if args.then and (isinstance(settings, LocalSettings) or getattr(settings, "cluster", None) == "local"):
+        raise PlanError("--then needs Slurm: a local pool or submitit's local executor knows no dependencies")
+    plan = Plan(
+        variants=tuple(variants),
+        seeds=tuple(seed_list),
+        backend=settings,
+        seed_flag=args.seed_flag,
+        wandb_tags=tuple(auto_tags(pr_number(args.pr)) if args.auto_tag else ()),
+        max_retries=args.max_retries,
+        grace_period=args.grace_period,
+        cwd=os.getcwd(),
+        argv=tuple(redactor.text(a) for a in argv),
+        created=time.time(),
+        host=os.uname().nodename,
+        git_commit=git_commit(),
+    )
+    return plan, lifted
+
+
+def _local(args: LaunchArgs) -> LocalSettings:
+    """Check the pool's settings against this machine before anything starts."""
+    if args.workers == 0:
+        return LocalSettings(workers=0)  # TRL's behaviour: the commands are printed, nothing runs
+    gpus = detect_gpus(args.gpus)
+    if args.jobs_per_gpu < 1:
+        raise PlanError(f"--jobs-per-gpu must be at least 1, got {args.jobs_per_gpu}")
+    if gpus and args.gpus_per_job > len(gpus):
+        raise PlanError(f"each job asks for {args.gpus_per_job} GPUs but only {len(gpus)} exist: {','.join(gpus)}")
+    if gpus and args.gpus_per_job < 1:
+        raise PlanError(f"--gpus-per-job must be at least 1 where GPUs exist, got {args.gpus_per_job}")
+    return LocalSettings(args.workers, tuple(gpus), args.gpus_per_job if gpus else 0, args.jobs_per_gpu)
+
+
+def _array(args: LaunchArgs, backend: str) -> SlurmSettings | SubmititSettings:
+    common = ArraySettings(
+        workers=args.workers,
+        gpus_per_task=args.slurm_gpus_per_task or 0,
+        total_cpus=args.slurm_total_cpus or 1,
+        ntasks=args.slurm_ntasks or 1,
+        nodes=args.slurm_nodes,
+        partition=args.slurm_partition,
+        time=args.slurm_time,
+        mem=args.slurm_mem,
+        extra=tuple(args.slurm_extra),
+        setup=tuple(args.slurm_setup),
+        then=args.then,
+        wait=args.wait,
+        poll_interval=args.poll_interval,
+    )
+    fields_ = {f.name: getattr(common, f.name) for f in dataclasses.fields(common)}
+    if backend == "submitit":
+        # Settled now, not at every `status`: a later shell without srun must not turn Slurm tasks LOST.
+        cluster = args.submitit_cluster if args.submitit_cluster != "auto" else _submitit_detects()
+        return SubmititSettings(**fields_, cluster=cluster)
+    from benchmark.templates import DEFAULT_TEMPLATE  # jinja2 is imported only where templates are
+
+    template = args.slurm_template_path or str(DEFAULT_TEMPLATE)
+    if not os.path.isfile(template):
+        raise PlanError(f"--slurm-template-path {template}: no such file")
+    return SlurmSettings(**fields_, template=os.path.abspath(template))
+
+
+def _submitit_detects() -> Literal["slurm", "local"]:
+    import submitit  # imported here: it costs ~0.1 s of every start-up
+
+    return "slurm" if submitit.AutoExecutor.which() == "slurm" else "local"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import time
 from pathlib import Path
 
 _HARNESS_PID = "harness.pid"
@@ -39,3 +42,41 @@ def live_harness(run_dir: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if pid != os.getpid() and is_alive(pid, start) else None
+
+
+def _descendants(roots: list[int]) -> list[int]:
+    """The processes under `roots`, from /proc: each parent's children, breadth first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_bytes().rpartition(b")")[2].split()  # after the name, which may hold spaces
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended while we looked
+    tree = list(roots)
+    for parent in tree:  # grows while it is walked
+        tree.extend(children.get(parent, []))
+    return tree[len(roots):]
+
+
+def stop_process_trees(roots: list[int], grace: float) -> None:
+    """Stop each root and everything it started: SIGTERM to its process group and to each of its
+    descendants, then SIGKILL to whatever is left after `grace` seconds. Descendants are known by pid
+    and start time, so a pid reused in the meantime is never hit."""
+    members = {pid: process_start(pid) for pid in [*roots, *_descendants(roots)]}
+    members = {pid: start for pid, start in members.items() if start is not None}
+
+    def signal_all(signum: int) -> None:
+        for root in roots:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(root, signum)  # a job is its own process group: whatever it forked since too
+        for pid, start in members.items():
+            if process_start(pid) == start:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signum)
+
+    signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(process_start(pid) == start for pid, start in members.items()):
+        time.sleep(0.05)
+    signal_all(signal.SIGKILL)

@@ -17,8 +17,9 @@ import jinja2
 import jinja2.nodes
 from jinja2 import meta
 
+from benchmark.manifest import EXIT_DIR
+
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "trl.slurm_template"
-EXIT_DIR = "exit"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -31,11 +32,6 @@ class UndefinedVariableError(TemplateError):
         self.variable, self.path, self.line = variable, path, line
         where = f"{path}:{line}" if line else str(path)
         super().__init__(f"{where}: undefined template variable '{variable}' (known: {', '.join(sorted(known))})")
-
-
-def exit_file(run_dir: Path | str, job_id: str | int, task_id: int) -> Path:
-    """Where array task `job_id`_`task_id` writes its exit code (see the template's header)."""
-    return Path(run_dir) / EXIT_DIR / f"{job_id}_{task_id}"
 
 
 def render(
@@ -57,13 +53,14 @@ def render(
     extra_sbatch: Sequence[str] = (),
     setup: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    task_env: Mapping[str, Sequence[str]] | None = None,
     secret_env: Sequence[str] = (),
     seed_flag: str = "--seed",
-    wandb_run_id_prefix: str = "",
 ) -> str:
     """The batch script for one variant: a job array with one task per seed.
 
-    `log_path` defaults to RUN_DIR/logs/%x_%A_%a.out. Secrets are passed by name only (`secret_env`):
+    `log_path` defaults to RUN_DIR/logs/%x_%A_%a.out. `env` holds the variables of every task,
+    `task_env` those of each task (one value per seed). Secrets are passed by name only (`secret_env`):
     the job reads them from the submitting environment, so their values never reach the script.
     """
     path = Path(template)
@@ -74,12 +71,14 @@ def render(
             f"need workers >= 0, gpus_per_task >= 0, ntasks >= 1, total_cpus >= 1; got {workers}, "
             f"{gpus_per_task}, {ntasks}, {total_cpus}"
         )
-    env = dict(env or {})
-    for name in [*env, *secret_env]:
+    env, task_env = dict(env or {}), dict(task_env or {})
+    for name in [*env, *task_env, *secret_env]:
         if not _ENV_NAME.fullmatch(name):
             raise ValueError(f"not an environment variable name: {name!r}")
-    if leaked := set(env) & set(secret_env):
+    if leaked := (set(env) | set(task_env)) & set(secret_env):
         raise ValueError(f"secret variables must not be given values: {', '.join(sorted(leaked))}")
+    if uneven := [name for name, values in task_env.items() if len(values) != len(seeds)]:
+        raise ValueError(f"task_env needs one value per seed: {', '.join(uneven)}")
 
     total_gpus = gpus_per_task * ntasks
     throttle = f"%{workers}" if workers else ""
@@ -102,9 +101,10 @@ def render(
         "extra_sbatch": list(extra_sbatch),
         "setup": list(setup),
         "env": env,
+        # Bash arrays, as `seeds` is: task i takes value i.
+        "task_env": {name: f"({' '.join(shlex.quote(v) for v in values)})" for name, values in task_env.items()},
         "secret_env": list(secret_env),
         "seed_flag": seed_flag,
-        "wandb_run_id_prefix": wandb_run_id_prefix,
         "exit_dir": str(Path(run_dir) / EXIT_DIR),
     }
     return _render_file(path, values)

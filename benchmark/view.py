@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmark.manifest import ACTIVE_STATES, COMPLETED, PENDING, RUNNING, JobRecord
+from benchmark.manifest import ACTIVE_STATES, COMPLETED, PENDING, RUNNING, JobRecord, Record
 from benchmark.redact import Redactor
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def _style(state: str) -> str:
 class SweepView:
     """Counts, elapsed time and ETA of a sweep while it runs, and one line per event."""
 
-    def __init__(self, records: list[JobRecord], redactor: Redactor) -> None:
+    def __init__(self, records: list[Record], redactor: Redactor) -> None:
         self.records = records
         self.redactor = redactor
         self.started = time.time()
@@ -80,7 +80,7 @@ class SweepView:
         if self.live:
             self.live.stop()
 
-    def event(self, record: JobRecord, what: str, notable: bool = False) -> None:
+    def event(self, record: Record, what: str, notable: bool = False) -> None:
         """One line per event off a terminal (CI logs); on a terminal the live view shows the routine
         ones, and only notable events (failures, retries) are printed above it."""
         if self.live and not notable:
@@ -110,12 +110,12 @@ class SweepView:
         running = Table.grid(padding=(0, 2))
         for record in self.records:
             if record.state == RUNNING:
-                gpu = f"gpu {record.gpus}" if record.gpus else ""
+                gpu = f"gpu {record.gpus}" if isinstance(record, JobRecord) and record.gpus else ""
                 running.add_row(record.id, _duration(record.duration), gpu)
         return Group(summary, running)
 
 
-def status_table(records: Iterable[JobRecord], run_dir: Path, title: str) -> Table:
+def status_table(records: Iterable[Record], run_dir: Path, title: str) -> Table:
     from rich.table import Table
     from rich.text import Text
 
@@ -123,15 +123,16 @@ def status_table(records: Iterable[JobRecord], run_dir: Path, title: str) -> Tab
     for column in ("variant", "seed", "state", "exit", "duration", "tries", "job id", "node", "log", "W&B run"):
         table.add_column(column)
     for r in records:
-        wandb = " ".join(x for x in (r.wandb_name, f"({r.wandb_id})" if r.wandb_id else None) if x)
+        job = r if isinstance(r, JobRecord) else None  # else the follow-up job
+        wandb = " ".join(x for x in (job.wandb_name, f"({job.wandb_id})" if job.wandb_id else None) if x) if job else ""
         table.add_row(
-            r.variant,
-            str(r.seed),
+            job.variant if job else "(--then)",
+            str(job.seed) if job else "",
             Text(r.state, style=_style(r.state)),
             "" if r.exit_code is None else str(r.exit_code),
             _duration(r.duration),
-            str(len(r.tries) + 1),
-            r.slurm_id or (f"pid {r.pid}" if r.pid else ""),
+            str(len(job.tries) + 1) if job else "",
+            f"pid {job.pid}" if job and job.pid else (r.scheduler_id or ""),
             r.node or "",
             str(run_dir / r.log) if r.log else "",
             wandb,
@@ -150,14 +151,17 @@ def log_tail(path: Path, redactor: Redactor, lines: int = _LOG_TAIL_LINES) -> st
     return redactor.text("\n".join(text.splitlines()[-lines:]))
 
 
-def final_summary(records: list[JobRecord], run_dir: Path, redactor: Redactor, seconds: float) -> int:
+def final_summary(records: list[Record], run_dir: Path, redactor: Redactor, seconds: float) -> int:
     """The sweep's last words: how many completed, and the log tail of each that did not. Exit code."""
     failed = [r for r in records if r.state != COMPLETED]
     say(f"{len(records) - len(failed)}/{len(records)} jobs completed in {seconds:.1f}s")
     for record in failed:
         log = run_dir / record.log
         say(f"\n{record.id} {record.state} (exit {record.exit_code}), log {log}:", style="red")
-        if record.slurm_id and record.state == "FAILED" and not log.exists():
+        if record.message:
+            say(record.message)
+        on_slurm = not (isinstance(record, JobRecord) and record.pid)
+        if on_slurm and record.state == "FAILED" and not log.exists():
             say(f"(no log: Slurm could not open {log} for the task, which then failed before its script ran; "
                 "the folder must exist on the node and be writable by the job's user)")
         else:

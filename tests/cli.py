@@ -34,9 +34,15 @@ def records(run_dir: Path) -> dict[str, dict]:
     """The last snapshot of each job in a manifest, read as plain JSON (not through our loader)."""
     jobs: dict[str, dict] = {}
     for line in (run_dir / "manifest.jsonl").read_text().splitlines()[1:]:
-        job = json.loads(line)["job"]
-        jobs[job["id"]] = job
+        if job := json.loads(line).get("job"):
+            jobs[job["id"]] = job
     return jobs
+
+
+def followup(run_dir: Path) -> dict | None:
+    """The last snapshot of the follow-up job (`--then`), if the manifest has one."""
+    lines = [json.loads(line) for line in (run_dir / "manifest.jsonl").read_text().splitlines()[1:]]
+    return next((entry["followup"] for entry in reversed(lines) if "followup" in entry), None)
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 60, what: str = "condition") -> None:

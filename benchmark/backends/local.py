@@ -1,46 +1,33 @@
 """Local backend: a pool of at most `workers` subprocesses, each on its own GPU(s).
 
-Each job runs through a tiny sh wrapper that writes the job's exit code next to its log when the
-harness is gone, so a job that outlives a killed harness still records how it ended. Each job is its
-own process group, so stopping a job stops everything it started.
+Each job runs through a tiny sh wrapper that writes the job's exit code to RUN_DIR/exit/<pid> when
+the harness is gone, so a job that outlives a killed harness still records how it ended. Each job is
+its own process group, so stopping a job stops everything it started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import random
-import shutil
 import signal
-import string
 import subprocess
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-from benchmark.backends import Backend
-from benchmark.manifest import (
-    CANCELLED,
-    COMPLETED,
-    FAILED,
-    LOST,
-    RUNNING,
-    JobRecord,
-    Manifest,
-)
-from benchmark.plan import PlanError
-from benchmark.procs import is_alive, live_harness, process_start
+from benchmark.backends import Backend, name_wandb_run, settle_process, task_env, variant_env
+from benchmark.manifest import CANCELLED, COMPLETED, EXIT_DIR, FAILED, RUNNING, JobRecord, Manifest, exit_file
+from benchmark.plan import LocalSettings, Plan
+from benchmark.procs import is_alive, live_harness, process_start, stop_process_trees
 from benchmark.redact import Redactor
-from benchmark.tags import merge_wandb_tags
 from benchmark.view import SweepView, final_summary, say
 
-# `eval "$1"` runs the command exactly as `sh -c` would; the EXIT trap writes its exit code even
-# when the command itself calls `exit`, but only if the harness ($3) is gone: a live one records it
-# from wait(), and a file per job costs a file creation (up to 1 ms on a busy ext4, a round trip on
-# NFS). A job that ends in the very moment the harness dies is LOST, and resumed.
-_WRAPPER = 'trap \'code=$?; kill -0 "$3" 2>/dev/null || echo $code > "$2"\' EXIT; eval "$1"'
+# `eval "$1"` runs the command exactly as `sh -c` would; the EXIT trap writes its exit code (to
+# $2/<its pid>) even when the command itself calls `exit`, but only if the harness ($3) is gone: a
+# live one records it from wait(), and a file per job costs a file creation (up to 1 ms on a busy
+# ext4, a round trip on NFS). A job that ends in the very moment the harness dies is LOST, and resumed.
+_WRAPPER = 'trap \'code=$?; kill -0 "$3" 2>/dev/null || echo $code > "$2/$$"\' EXIT; eval "$1"'
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
@@ -48,22 +35,6 @@ class Interrupted(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-def detect_gpus(requested: str | None) -> list[str]:
-    """`--gpus`, else CUDA_VISIBLE_DEVICES, else what nvidia-smi lists, else none."""
-    if requested is None:
-        requested = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if requested is None and shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20, check=True,
-            ).stdout
-            requested = ",".join(out.split())
-        except (OSError, subprocess.SubprocessError):
-            requested = None
-    return [g.strip() for g in (requested or "").split(",") if g.strip()]
 
 
 class GpuSlots:
@@ -84,37 +55,6 @@ class GpuSlots:
         self.free.update(gpus)
 
 
-def local_settings(
-    workers: int, gpus: list[str], gpus_per_job: int, jobs_per_gpu: int, max_retries: int, grace_period: float
-) -> dict[str, Any]:
-    """Check the pool's settings against this machine before anything starts."""
-    if workers < 1:
-        raise PlanError(f"--workers must be at least 1 to run jobs, got {workers}")
-    if jobs_per_gpu < 1:
-        raise PlanError(f"--jobs-per-gpu must be at least 1, got {jobs_per_gpu}")
-    if max_retries < 0:
-        raise PlanError(f"--max-retries must not be negative, got {max_retries}")
-    if gpus and gpus_per_job > len(gpus):
-        raise PlanError(f"each job asks for {gpus_per_job} GPUs but only {len(gpus)} exist: {','.join(gpus)}")
-    if gpus and gpus_per_job < 1:
-        raise PlanError(f"--gpus-per-job must be at least 1 where GPUs exist, got {gpus_per_job}")
-    return {
-        "workers": workers,
-        "gpus": gpus,
-        "gpus_per_job": gpus_per_job if gpus else 0,
-        "jobs_per_gpu": jobs_per_gpu,
-        "max_retries": max_retries,
-        "grace_period": grace_period,
-    }
-
-
-def _concurrency(settings: dict[str, Any]) -> int:
-    gpus, per_job = settings["gpus"], settings["gpus_per_job"]
-    if not gpus:
-        return settings["workers"]
-    return min(settings["workers"], len(gpus) * settings["jobs_per_gpu"] // per_job)
-
-
 def log_dir(variant: str) -> str:
     """The variant's folder of logs, relative to the run dir."""
     return "logs/" + "".join(c if c.isalnum() or c in "._+-" else "_" for c in variant)
@@ -125,36 +65,29 @@ def log_path(variant: str, seed: int, try_number: int) -> str:
     return f"{log_dir(variant)}/seed-{seed}{suffix}.log"
 
 
-def exit_path(run_dir: Path, record: JobRecord) -> Path:
-    return (run_dir / record.log).with_suffix(".exit")
-
-
-def _wandb_run_id() -> str:
-    return "".join(random.choices(string.ascii_lowercase + string.digits, k=8))
-
-
 class LocalBackend(Backend):
-    name = "local"
+    def __init__(self, plan: Plan) -> None:
+        assert isinstance(plan.backend, LocalSettings)
+        self.settings = plan.backend
 
-    def describe(self, run_dir: Path, plan: dict[str, Any], records: list[JobRecord]) -> str:
-        settings = plan["local"]
-        width = _concurrency(settings)
-        slots = GpuSlots(settings["gpus"], settings["jobs_per_gpu"])
-        lines = [f"local pool: {width} at a time, GPUs: {','.join(settings['gpus']) or 'none'}"]
+    def describe(self, run_dir: Path, plan: Plan, records: list[JobRecord]) -> str:
+        settings, width = self.settings, self.settings.concurrency
+        slots = GpuSlots(list(settings.gpus), settings.jobs_per_gpu)
+        lines = [f"local pool: {width} at a time, GPUs: {','.join(settings.gpus) or 'none'}"]
         for i, record in enumerate(records):
             # The first wave's GPUs are known; later jobs take whichever GPUs free up first.
-            gpus = slots.take(settings["gpus_per_job"]) if settings["gpus"] and i < width else None
-            where = f"gpu {','.join(gpus)}" if gpus else ("next free gpu" if settings["gpus"] else "no gpu")
+            gpus = slots.take(settings.gpus_per_job) if settings.gpus and i < width else None
+            where = f"gpu {','.join(gpus)}" if gpus else ("next free gpu" if settings.gpus else "no gpu")
             lines.append(f"{record.id}  [{where}]  log {run_dir / record.log}\n  $ {record.command}")
         return "\n".join(lines)
 
     def launch(self, manifest: Manifest, ids: list[str]) -> int:
-        return _Pool(manifest, ids).run()
+        return _Pool(manifest, self.settings, ids).run()
 
     def refresh(self, manifest: Manifest) -> str | None:
         for record in manifest.jobs.values():
             if record.state == RUNNING and not is_alive(record.pid, record.pid_start):
-                _settle(manifest.run_dir, record)
+                settle_process(manifest.run_dir, record)
         return None
 
     def cancel(self, manifest: Manifest) -> int:
@@ -164,9 +97,8 @@ class LocalBackend(Backend):
             os.kill(harness, signal.SIGTERM)
             say(f"asked the harness (pid {harness}) to stop; it cancels its running jobs")
             return 0
-        grace = manifest.plan["local"]["grace_period"]
         victims = [r for r in manifest.jobs.values() if r.state == RUNNING and is_alive(r.pid, r.pid_start)]
-        _terminate([r.pid for r in victims if r.pid], grace)
+        stop_process_trees([r.pid for r in victims if r.pid], manifest.plan.grace_period)
         for record in victims:
             record.state, record.end = CANCELLED, time.time()
         manifest.save(*victims)
@@ -174,68 +106,29 @@ class LocalBackend(Backend):
         return 0
 
 
-def _settle(run_dir: Path, record: JobRecord) -> None:
-    """A RUNNING record whose process is gone: its exit file says how it ended, or it is LOST."""
-    if not record.end_from_exit_file(exit_path(run_dir, record)):
-        record.state = LOST
-
-
-def _terminate(pids: list[int], grace: float) -> None:
-    """SIGTERM each job's process group, SIGKILL whatever is left after the grace period."""
-    for pid in pids:
-        _signal_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    remaining = set(pids)
-    while remaining and time.monotonic() < deadline:
-        remaining = {pid for pid in remaining if _group_alive(pid)}
-        time.sleep(0.05)
-    # Children of a job that exited may linger in its group: kill every group, not just the late ones.
-    for pid in pids:
-        _signal_group(pid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-def _group_alive(pgid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pgid, os.WNOHANG)  # reap it if it is our child, or it stays a zombie and "alive"
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 class _Pool:
-    def __init__(self, manifest: Manifest, ids: list[str]) -> None:
+    def __init__(self, manifest: Manifest, settings: LocalSettings, ids: list[str]) -> None:
         self.manifest = manifest
         self.run_dir = manifest.run_dir
-        self.settings = manifest.plan["local"]
-        self.width = _concurrency(self.settings)
-        self.slots = GpuSlots(self.settings["gpus"], self.settings["jobs_per_gpu"])
+        self.settings = settings
+        self.width = settings.concurrency
+        self.slots = GpuSlots(list(settings.gpus), settings.jobs_per_gpu)
         self.queue = deque(manifest.jobs[i] for i in ids)
         self.running: dict[int, tuple[JobRecord, list[str]]] = {}
         self.starter = ThreadPoolExecutor(max_workers=self.width, thread_name_prefix="benchmark-start")
         self.redactor = Redactor()
         self.pid = str(os.getpid())
-        self.env = self._base_env()
+        self.exit_dir = str(self.run_dir / EXIT_DIR)
+        self.env = dict(os.environ)
+        self.variant_env = {v: variant_env(manifest.plan, self.run_dir, v, os.environ)
+                            for v in {record.variant for record in self.queue}}
         self.view = SweepView([manifest.jobs[i] for i in ids], self.redactor)
-        for variant in {record.variant for record in self.queue}:
+        (self.run_dir / EXIT_DIR).mkdir(exist_ok=True)
+        for variant in self.variant_env:
             (self.run_dir / log_dir(variant)).mkdir(parents=True, exist_ok=True)
 
-    def _base_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        tags = self.manifest.plan.get("wandb_tags") or []
-        if tags:
-            env["WANDB_TAGS"] = merge_wandb_tags(env.get("WANDB_TAGS", ""), tags)
-        env["BENCHMARK_RUN_DIR"] = str(self.run_dir.resolve())
-        return env
-
     def run(self) -> int:
-        if self.width < self.settings["workers"]:
+        if self.width < self.settings.workers:
             say(f"running {self.width} at a time: that is as many jobs as the GPUs take")
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         previous = signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -270,14 +163,13 @@ class _Pool:
         """Start as many queued jobs as slots allow, recorded durably (one fsync) before any runs."""
         wave: list[tuple[JobRecord, list[str]]] = []
         while self.queue and len(self.running) + len(wave) < self.width:
-            gpus = self.slots.take(self.settings["gpus_per_job"]) if self.settings["gpus"] else []
+            gpus = self.slots.take(self.settings.gpus_per_job) if self.settings.gpus else []
             if gpus is None:
                 break
             record = self.queue.popleft()
             record.log = log_path(record.variant, record.seed, len(record.tries) + 1)
             record.state, record.start, record.gpus = RUNNING, time.time(), ",".join(gpus) or None
-            record.wandb_id = _wandb_run_id()
-            record.wandb_name = f"{record.variant}__{record.seed}__{int(record.start)}"
+            name_wandb_run(record)
             wave.append((record, gpus))
         if not wave:
             return
@@ -286,33 +178,28 @@ class _Pool:
         # Started from threads, as TRL's pool does: while one start waits for its child to exec, the
         # others go on, which matters most on a loaded machine (2.5x faster starts with 2 busy cores).
         for (record, gpus), (pid, pid_start) in zip(wave, self.starter.map(self._spawn, records), strict=True):
-            record.pid, record.pid_start = pid, pid_start
+            record.scheduler_id, record.pid_start = str(pid), pid_start
             self.running[pid] = (record, gpus)
             self.view.event(record, f"started{f' on gpu {record.gpus}' if gpus else ''}, pid {pid}")
         self.manifest.save(*records, sync=False)
 
     def _spawn(self, record: JobRecord) -> tuple[int, int | None]:
         """Start the job: its pid, and the pid's start time, read here in parallel with other starts."""
-        env = dict(self.env)
-        env.update(
-            BENCHMARK_JOB_ID=record.id,
-            BENCHMARK_VARIANT=record.variant,
-            BENCHMARK_SEED=str(record.seed),
-            WANDB_RUN_GROUP=env.get("WANDB_RUN_GROUP", record.variant),
-            WANDB_NAME=env.get("WANDB_NAME", record.wandb_name or ""),
-            WANDB_RUN_ID=record.wandb_id or "",
-        )
+        env = self.env | self.variant_env[record.variant] | task_env(record, self.env)
         if record.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = record.gpus
         with open(self.run_dir / record.log, "wb") as out:
             process = subprocess.Popen(
-                ["/bin/sh", "-c", _WRAPPER, "sh", record.command, str(exit_path(self.run_dir, record)), self.pid],
+                ["/bin/sh", "-c", _WRAPPER, "sh", record.command, self.exit_dir, self.pid],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=env, cwd=self.manifest.plan["cwd"], start_new_session=True,
+                env=env, cwd=self.manifest.plan.cwd, start_new_session=True,
             )
         # The harness reaps its children with os.wait(). A Popen that thinks its child still runs
         # would reap it behind our back (subprocess polls such objects), stealing the exit status.
         process.returncode = 0
+        # An exit file left by an earlier process with this pid would end the job in `status`.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(exit_file(self.run_dir, str(process.pid)))
         return process.pid, process_start(process.pid)
 
     def _finish(self, pid: int, exit_code: int) -> JobRecord:
@@ -321,7 +208,7 @@ class _Pool:
         record.end, record.exit_code = time.time(), exit_code
         record.state = COMPLETED if exit_code == 0 else FAILED
         took = f"{record.end - (record.start or record.end):.1f}s"
-        if record.state == FAILED and len(record.tries) < self.settings["max_retries"]:
+        if record.state == FAILED and len(record.tries) < self.manifest.plan.max_retries:
             self.view.event(record, f"failed with exit code {exit_code} after {took}; retrying", notable=True)
             record.archive_try()
             self.queue.append(record)
@@ -332,7 +219,7 @@ class _Pool:
 
     def _stop_all(self, why: str) -> None:
         say(f"{why}: stopping {len(self.running)} running job(s); {len(self.queue)} not started")
-        _terminate(list(self.running), self.settings["grace_period"])
+        stop_process_trees(list(self.running), self.manifest.plan.grace_period)
         for pid, (record, _) in self.running.items():
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)

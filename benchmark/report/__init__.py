@@ -1,12 +1,11 @@
 """Report: seed-aggregated learning curves and a summary table from W&B runs, cloud or offline.
 
 Modules, in the order a report uses them:
-  runs       the `Run` record every source produces
+  runs       the `Run` record every source produces, what they gathered, filters, grouping
   offline    wandb's `.wandb` files (history_decode: their history, column-wise)
   cloud      `wandb.Api` with full histories and an on-disk cache
-  rundir     a harness run dir: expected variants and seeds, each job's state
-  sources    gathers runs from the sources the user named
-  selection  filters and grouping into variants; presets: the four comparisons
+  rundir     a harness run dir: expected variants and seeds, each job's state and W&B run
+  presets    the four comparisons
   aggregate  seeds -> curves and final numbers
   figures    PNG + SVG per comparison
   summary    the table: md, csv, html, terminal

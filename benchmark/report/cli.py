@@ -15,12 +15,12 @@ import tyro
 from rich.console import Console
 from rich.markup import escape
 
-from benchmark.manifest import ManifestError
-from benchmark.report import cloud, figures, rundir, sources, summary
+from benchmark import workload
+from benchmark.manifest import Manifest, ManifestError
+from benchmark.report import cloud, figures, offline, rundir, summary
 from benchmark.report.aggregate import Band, Curve, curve, series
 from benchmark.report.presets import Preset, preset_selection
-from benchmark.report.runs import BROKEN_STATES, Run
-from benchmark.report.selection import Filters, group_runs, key_of, parse_assignments
+from benchmark.report.runs import BROKEN_STATES, Filters, Found, Run, describe, group_runs, key_of, parse_assignments
 
 Repeatable = tyro.conf.UseAppendAction
 
@@ -45,8 +45,8 @@ class ReportArgs:
     """keep runs whose config has KEY=VALUE (dotted keys, e.g. trl_ppo_trainer_config.exp_name=x)"""
     run_dir: Path | None = None
     """a harness run dir: its variants and expected seeds, and where each job's W&B run is"""
-    metrics: list[str] = field(default_factory=lambda: [summary.REWARD, summary.KL])
-    """metrics to plot, one panel each"""
+    metrics: list[str] = field(default_factory=lambda: list(workload.DEFAULT_METRICS))
+    """metrics to plot, one panel each, and to tabulate, a final value each"""
     x_axis: str = "_step"
     """x-axis: _step, or _runtime for wall time"""
     group_by: str | None = None
@@ -103,9 +103,7 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
         return 2
     runs = [run for run in found.runs if filters.keep(run)]
     if not runs:
-        err.print(
-            f"[red]No runs match[/] the filters ({escape(filters.describe())}); " + escape(sources.describe(found.runs))
-        )
+        err.print(f"[red]No runs match[/] the filters ({escape(filters.describe())}); " + escape(describe(found.runs)))
         _print_warnings(found.warnings, err)
         return 1
 
@@ -115,11 +113,12 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
     warnings = list(found.warnings)
     written = _draw(runs, name, out, args, labels, warnings)
     rows = _table(runs, found.expected_seeds or {}, args, labels)
-    summary.write_markdown(rows, out / "summary.md", args.last_n)
+    svgs = [p for p in written if p.suffix == ".svg"]
+    summary.write_markdown(rows, args.metrics, out / "summary.md", args.last_n)
     summary.write_csv(rows, out / "summary.csv")
-    summary.write_html(rows, [p for p in written if p.suffix == ".svg"], warnings, out / "index.html", args.last_n)
+    summary.write_html(rows, args.metrics, svgs, warnings, out / "index.html", args.last_n)
 
-    summary.print_table(rows, console)
+    summary.print_table(rows, args.metrics, console)
     _print_warnings(warnings, err)
     console.print(f"wrote {out}/: {', '.join(p.name for p in written)}, summary.md, summary.csv, index.html")
     return 0
@@ -161,23 +160,31 @@ def _table(
         for variant in expected:
             variants.setdefault(variant, [])
     return [
-        summary.summarize(variant, group, _used(group, args), args.last_n, expected.get(variant), args.include_crashed)
+        summary.summarize(
+            variant, group, _used(group, args), args.metrics, args.last_n, expected.get(variant), args.include_crashed
+        )
         for variant, group in variants.items()
     ]
 
 
-def _gather(args: ReportArgs, filters: Filters) -> sources.Found:
-    found = sources.Found()
-    if args.run_dir and not (args.wandb_dir or args.project):
+def _gather(args: ReportArgs, filters: Filters) -> Found:
+    found = Found()
+    manifest = Manifest.load(args.run_dir) if args.run_dir else None
+    if manifest and not (args.wandb_dir or args.project):
         # Only the sweep's own runs are decoded from the folders its jobs wrote to.
-        ids = rundir.wandb_ids(args.run_dir)
-        sources.from_wandb_dirs(rundir.offline_dirs(args.run_dir), found, only_ids=ids)
+        offline.read_runs(rundir.run_files(manifest), found)
     else:
-        sources.from_wandb_dirs(args.wandb_dir, found)
+        files: list[Path] = []
+        for directory in args.wandb_dir:
+            here = offline.find_run_files(directory)
+            if not here:
+                found.warnings.append(f"{directory}: no offline-run-*/run-* folders with a .wandb file")
+            files += here
+        offline.read_runs(files, found)
     if args.project and args.entity:
         found.add(cloud.fetch_runs(args.entity, args.project, filters, args.cache_dir, args.refresh))
-    if args.run_dir:
-        found.runs, found.expected_seeds = rundir.match_jobs(args.run_dir, found.runs)
+    if manifest:
+        found.runs, found.expected_seeds = rundir.match_jobs(manifest, found.runs)
     return found
 
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.report.runs import Run, history_frame, numbers_only
-from benchmark.report.selection import Filters
+from benchmark.report.runs import Filters, Run, history_frame, numbers_only
 
 # Fetching is network-bound: more parallel requests than cores pay off.
 FETCH_WORKERS = 8

@@ -16,10 +16,13 @@ the damage is reported with file and byte offset, never raised, so one bad run c
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import struct
 import time
 import zlib
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from typing import Any
 from wandb.proto import wandb_internal_pb2 as pb
 
 from benchmark.report.history_decode import BYTES, decode_history, stand_in_types
-from benchmark.report.runs import CRASHED, FAILED, FINISHED, RUNNING, Run
+from benchmark.report.runs import CRASHED, FAILED, FINISHED, RUNNING, Found, Run
 
 _MAGIC = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
 _BLOCK = 32 * 1024
@@ -43,6 +46,8 @@ _Index = stand_in_types(
 # The CRC of each chunk starts from the CRC of its type byte (as in LevelDB, but unmasked).
 _TYPE_CRC = {t: zlib.crc32(bytes([t])) for t in (_FULL, _FIRST, _MIDDLE, _LAST)}
 
+# Below this many runs per core, starting reader processes costs more than it saves.
+_RUNS_PER_WORKER = 4
 # A run whose file has no exit record and has not been written for this long is taken as dead:
 # wandb writes at least a stats record every few seconds while the process lives.
 STALE_AFTER_S = 600.0
@@ -144,7 +149,7 @@ def read_run(path: Path) -> tuple[Run, Damage | None]:
     exit_code = pb.RunExitRecord.FromString(index.exit[-1]).exit_code if index.exit else None
     config.pop("_wandb", None)  # wandb's own bookkeeping, not the user's config
     run = Run(
-        id=meta.get("id") or path.stem.removeprefix("run-"),
+        id=meta.get("id") or file_id(path),
         name=meta.get("name") or path.parent.name,
         state=_state(exit_code, damage, path),
         config=config,
@@ -207,6 +212,24 @@ def find_run_files(directory: Path) -> list[Path]:
             f for d in base.glob("*run-*") if d.is_dir() and not d.is_symlink() for f in d.glob("run-*.wandb")
         )
     return files
+
+
+def file_id(path: Path) -> str:
+    """The W&B run id a `run-<id>.wandb` file is named after."""
+    return path.stem.removeprefix("run-")
+
+
+def read_runs(files: list[Path], found: Found) -> None:
+    """Decode `files` into `found`, their damage as warnings. Decoding is CPU-bound Python, so
+    runs are read by one process per core when there are enough of them."""
+    workers = min(os.cpu_count() or 1, len(files) // _RUNS_PER_WORKER)
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(read_run, files))
+    else:
+        results = [read_run(path) for path in files]
+    found.warnings += [str(damage) for _, damage in results if damage is not None]
+    found.add([run for run, _ in results])
 
 
 def _run_file(folder: Path) -> Path:

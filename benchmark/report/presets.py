@@ -11,8 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from benchmark.report.runs import Run, config_value
-from benchmark.report.selection import exp_name
+from benchmark.report.runs import Run, config_value, exp_name
 
 Preset = Literal["baseline", "grad-accum", "model-size", "peft"]
 

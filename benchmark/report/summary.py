@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import csv
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from benchmark import workload
 from benchmark.report.aggregate import Estimate, final_value, mean_ci95, series
 from benchmark.report.runs import BROKEN_STATES, FINISHED, RUNNING, Run, config_value
 
-REWARD, KL = "env/reward_mean", "objective/kl"
-SAMPLES_PER_S = "perf/samples_per_s"
-HEADERS = (
-    "variant",
-    "seeds done/expected",
-    f"final {REWARD}",
-    f"final {KL}",
-    "runtime",
-    "samples/s",
-    "GPU-hours",
-    "notes",
-)
+# The csv's names for the default metrics, as reports have always written them; the columns of
+# any other metric are named after it.
+_CSV_NAMES = {workload.REWARD: "reward", workload.KL: "kl"}
 
 
 @dataclass
@@ -36,8 +29,7 @@ class Row:
     broken: int  # crashed, failed or killed
     broken_included: bool
     missing: list[int] = field(default_factory=list)  # expected seeds that never produced a run
-    reward: Estimate = field(default_factory=lambda: mean_ci95([]))
-    kl: Estimate = field(default_factory=lambda: mean_ci95([]))
+    finals: dict[str, Estimate] = field(default_factory=dict)  # metric -> final value, in --metrics order
     runtime_s: float | None = None  # mean over the runs used
     samples_per_s: float | None = None  # mean over the runs used
     gpu_hours: float | None = None  # total over the runs used
@@ -58,8 +50,7 @@ class Row:
         return [
             self.variant,
             f"{self.done} / {self.expected}",
-            str(self.reward),
-            str(self.kl),
+            *map(str, self.finals.values()),
             _duration(self.runtime_s),
             _number(self.samples_per_s),
             _number(self.gpu_hours),
@@ -76,22 +67,28 @@ class Row:
             "seeds_crashed": self.broken,
             "crashed_included": self.broken_included,
             "missing_seeds": " ".join(map(str, self.missing)),
-            "reward_mean": _blank(self.reward.mean),
-            "reward_ci95": _blank(self.reward.ci95),
-            "reward_n": self.reward.n,
-            "kl_mean": _blank(self.kl.mean),
-            "kl_ci95": _blank(self.kl.ci95),
-            "kl_n": self.kl.n,
+            **{
+                f"{_CSV_NAMES.get(metric, metric)}_{part}": value
+                for metric, final in self.finals.items()
+                for part, value in (("mean", _blank(final.mean)), ("ci95", _blank(final.ci95)), ("n", final.n))
+            },
             "runtime_s": _blank(self.runtime_s),
             "samples_per_s": _blank(self.samples_per_s),
             "gpu_hours": _blank(self.gpu_hours),
         }
 
 
+def headers(metrics: Sequence[str]) -> list[str]:
+    """The columns as displayed: a final value per metric."""
+    finals = [f"final {metric}" for metric in metrics]
+    return ["variant", "seeds done/expected", *finals, "runtime", "samples/s", "GPU-hours", "notes"]
+
+
 def summarize(
     variant: str,
     runs: list[Run],
     used: list[Run],
+    metrics: Sequence[str],
     last_n: int,
     expected_seeds: list[int] | None = None,
     include_crashed: bool = False,
@@ -106,8 +103,7 @@ def summarize(
         broken=sum(run.state in BROKEN_STATES for run in runs),
         broken_included=include_crashed,
         missing=[s for s in expected_seeds or [] if s not in seen],
-        reward=_final(used, REWARD, last_n),
-        kl=_final(used, KL, last_n),
+        finals={metric: _final(used, metric, last_n) for metric in metrics},
         runtime_s=_mean([run.runtime for run in used]),
         samples_per_s=_mean([_samples_per_s(run) for run in used]),
         gpu_hours=_total([_gpu_hours(run) for run in used]),
@@ -120,10 +116,11 @@ def _final(runs: list[Run], metric: str, last_n: int) -> Estimate:
 
 
 def _samples_per_s(run: Run) -> float | None:
-    """Queries per second: the mean of what the run logged per step (our workload logs
-    `perf/samples_per_s`), else, for classic TRL runs, PPO steps x batch size / runtime."""
-    if SAMPLES_PER_S in run.history and run.history[SAMPLES_PER_S].notna().any():
-        return float(run.history[SAMPLES_PER_S].mean())
+    """Queries per second: the mean of what the run logged per step under `workload.SAMPLES_PER_S`
+    (our workload does), else, for classic TRL runs, PPO steps x batch size / runtime."""
+    logged = workload.SAMPLES_PER_S
+    if logged in run.history and run.history[logged].notna().any():
+        return float(run.history[logged].mean())
     batch_size = config_value(run.config, "batch_size")
     if not isinstance(batch_size, int) or not run.runtime or run.history.empty:
         return None
@@ -165,8 +162,9 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def write_markdown(rows: list[Row], path: Path, last_n: int) -> None:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+def write_markdown(rows: list[Row], metrics: Sequence[str], path: Path, last_n: int) -> None:
+    columns = headers(metrics)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row.cells()) + " |" for row in rows]
     path.write_text("\n".join(lines + ["", _footnote(last_n)]) + "\n")
 
@@ -178,10 +176,12 @@ def write_csv(rows: list[Row], path: Path) -> None:
         writer.writerows(row.record() for row in rows)
 
 
-def write_html(rows: list[Row], figures: list[Path], warnings: list[str], path: Path, last_n: int) -> None:
+def write_html(
+    rows: list[Row], metrics: Sequence[str], figures: list[Path], warnings: list[str], path: Path, last_n: int
+) -> None:
     """A self-contained page beside the figures: they are linked by relative name."""
     esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in HEADERS)
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers(metrics))
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row.cells()) + "</tr>" for row in rows)
     images = "".join(
         f'<figure><img src="{esc(f.name)}" alt="{esc(f.stem)}"><figcaption>{esc(f.stem)}</figcaption></figure>'
@@ -200,9 +200,9 @@ def write_html(rows: list[Row], figures: list[Path], warnings: list[str], path: 
     )
 
 
-def print_table(rows: list[Row], console: Console) -> None:
+def print_table(rows: list[Row], metrics: Sequence[str], console: Console) -> None:
     table = Table(title="Benchmark summary")
-    for i, header in enumerate(HEADERS):
+    for i, header in enumerate(headers(metrics)):
         # Variant names are what the reader looks for: never cut; other columns wrap instead.
         table.add_column(header, no_wrap=i == 0)
     for row in rows:
@@ -214,5 +214,5 @@ def _footnote(last_n: int) -> str:
     return (
         f"Final values: each run's mean over its last {last_n} logged steps, then mean ± Student-t 95% "
         "CI over seeds. Runtime and samples/s: mean over runs (samples/s as logged in "
-        f"{SAMPLES_PER_S}, else steps x batch size / runtime); GPU-hours: total over runs."
+        f"{workload.SAMPLES_PER_S}, else steps x batch size / runtime); GPU-hours: total over runs."
     )

@@ -103,9 +103,9 @@ def test_concurrency_never_exceeds_workers(cwd: Path) -> None:
     assert max_overlap(lines) == 3
     jobs = records(cwd / "r")
     assert {j["state"] for j in jobs.values()} == {"COMPLETED"}
-    assert all(j["exit_code"] == 0 and j["pid"] and j["end"] >= j["start"] for j in jobs.values())
+    assert all(j["exit_code"] == 0 and j["scheduler_id"].isdigit() and j["end"] >= j["start"] for j in jobs.values())
     # A live harness records exit codes itself: the jobs leave exit files only when it is gone.
-    assert not list((cwd / "r").rglob("*.exit"))
+    assert not list((cwd / "r" / "exit").iterdir())
     # Each job's output lands in its own log; the environment names the run for W&B.
     assert (cwd / "r" / jobs["job/4"]["log"]).read_text().strip() == "job ran with seed 4"
     env4 = next(x["env"] for x in lines if x["seed"] == 4)

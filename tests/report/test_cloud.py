@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 
 from benchmark.report import cloud, main, offline
-from benchmark.report.runs import Run
-from benchmark.report.selection import Filters
+from benchmark.report.runs import Filters, Run
 
 if TYPE_CHECKING:
     from tests.report.conftest import CloudStandIn, Sweep

@@ -108,6 +108,27 @@ def test_include_crashed_averages_them_in(sweep: Sweep, tmp_path: Path) -> None:
     assert "1 crashed/failed included" in (tmp_path / "summary.md").read_text()
 
 
+def test_table_columns_follow_metrics(sweep: Sweep, tmp_path: Path) -> None:
+    metrics = ["env/reward_std", "ppo/loss/total"]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        args = ["--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(tmp_path), "--last-n", str(LAST_N)]
+        assert main([*args, "--metrics", *metrics]) == 0
+    header = (tmp_path / "summary.md").read_text().splitlines()[0]
+    assert header == ("| variant | seeds done/expected | final env/reward_std | final ppo/loss/total | runtime | "
+                      "samples/s | GPU-hours | notes |")  # fmt: skip
+    assert "final env/reward_std" in (tmp_path / "index.html").read_text()
+    assert "final ppo/loss/total" in stdout.getvalue()
+    rows = table(tmp_path)
+    assert "reward_mean" not in rows["sentiment_tuning"] and "kl_mean" not in rows["sentiment_tuning"]
+    for variant in sweep.variants:
+        for metric in metrics:
+            mean, ci = by_hand(sweep, variant, metric, sweep.seeds)
+            assert float(rows[variant][f"{metric}_mean"]) == pytest.approx(mean, rel=1e-12)
+            assert float(rows[variant][f"{metric}_ci95"]) == pytest.approx(ci, rel=1e-12)
+            assert rows[variant][f"{metric}_n"] == "2"
+
+
 def assert_real_image(path: Path) -> np.ndarray:
     """A figure of sane size that is not one flat colour."""
     assert path.stat().st_size > 5_000

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import wandb
 
 from benchmark import manifest as harness
 from benchmark.manifest import JobRecord, Manifest
-from benchmark.report import main
-from benchmark.report.offline import read_run
+from benchmark.plan import Plan, Variant
+from benchmark.report import main, rundir
+from benchmark.report.offline import find_run_files, read_run
 
 if TYPE_CHECKING:
     from tests.report.conftest import Sweep
@@ -35,16 +37,11 @@ def test_run_dir_reports_missing_crashed_and_running_seeds(
 ) -> None:
     run_dir = tmp_path / "sweep"
     # Variant names differ from the runs' exp names: the manifest, not the config, decides.
-    plan = {
-        "cwd": str(sweep.wandb_dir),  # the jobs' working dir: their runs are in ./wandb there
-        "backend": "local",
-        "variants": [
-            {"name": "baseline", "command": "..."},
-            {"name": "accu", "command": "..."},
-            {"name": "peft", "command": "..."},
-        ],
-        "seeds": [1, 2, 3],
-    }
+    plan = Plan(
+        variants=tuple(Variant(name, "python ppo.py") for name in ("baseline", "accu", "peft")),
+        seeds=(1, 2, 3),
+        cwd=str(sweep.wandb_dir),  # the jobs' working dir: their runs are in ./wandb there
+    )
     records = [
         job("baseline", 1, harness.COMPLETED, run_id(sweep, ("sentiment_tuning", 1)), gpus="0,1"),
         job("baseline", 2, harness.COMPLETED, run_id(sweep, ("sentiment_tuning", 2)), gpus="2,3"),
@@ -75,6 +72,43 @@ def test_run_dir_reports_missing_crashed_and_running_seeds(
     assert (out / "curves.png").is_file()
     # A job without data is a table entry, not a run "missing a metric".
     assert "missing from runs" not in capsys.readouterr().err
+
+
+def test_only_the_sweeps_files_are_decoded_while_its_ids_name_them(sweep: Sweep, tmp_path: Path) -> None:
+    plan = Plan(variants=(Variant("baseline", "python ppo.py"),), seeds=(1, 2, 3), cwd=str(sweep.wandb_dir))
+    ours = [sweep.runs["sentiment_tuning", s].file for s in (1, 2)]
+    records = [job("baseline", s, harness.COMPLETED, run_id(sweep, ("sentiment_tuning", s))) for s in (1, 2)]
+    pending = job("baseline", 3, harness.PENDING, "bm1234-77-2")  # submitted, not started: no run yet
+    manifest = Manifest.create(tmp_path / "a", plan, [*records, pending])
+    assert sorted(rundir.run_files(manifest)) == sorted(ours)
+    # A job that ran under an id the harness never knew: every run in the folder may be it.
+    pending.state = harness.COMPLETED
+    assert sorted(rundir.run_files(manifest)) == sorted(find_run_files(sweep.wandb_dir))
+
+
+def test_runs_without_the_harness_ids_match_by_group_and_seed(offline_dir: Path, tmp_path: Path) -> None:
+    """TRL's own Slurm template passes no WANDB_RUN_ID to the tasks: W&B picks the ids, the group is
+    the variant (WANDB_RUN_GROUP reaches sbatch's environment) and the seed is in the config."""
+    for group, seed, level in [("baseline", 1, 1.0), ("baseline", 2, 2.0), ("other", 3, 100.0)]:
+        run = wandb.init(project="trl", group=group, config={"trl_ppo_trainer_config": {"seed": seed}})
+        for step in range(5):
+            run.log({"env/reward_mean": level, "objective/kl": 0.1 * step})
+        run.finish()
+    plan = Plan(variants=(Variant("baseline", "python ppo.py"),), seeds=(1, 2, 3), cwd=str(offline_dir))
+    # The ids the harness recorded (Slurm's `<prefix>-<job id>-<task>`) name no run.
+    records = [job("baseline", s, harness.COMPLETED, f"bm1234-77-{s - 1}") for s in (1, 2, 3)]
+    run_dir = tmp_path / "sweep"
+    Manifest.create(run_dir, plan, records)
+
+    out = tmp_path / "out"
+    assert main(["--run-dir", str(run_dir), "--output-dir", str(out)]) == 0
+    with open(out / "summary.csv") as f:
+        rows = {row["variant"]: row for row in csv.DictReader(f)}
+    # Seeds 1 and 2 found by group and seed; the other group's seed-3 run is not baseline's seed 3.
+    assert set(rows) == {"baseline"}
+    baseline = rows["baseline"]
+    assert (baseline["seeds_done"], baseline["seeds_expected"], baseline["missing_seeds"]) == ("2", "3", "3")
+    assert (baseline["reward_n"], float(baseline["reward_mean"])) == ("2", pytest.approx(1.5))
 
 
 def test_not_a_run_dir(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli import REPO, clean_env, cli_argv, records, run_cli, wait_for, wait_for_logged
+from cli import REPO, clean_env, cli_argv, followup, records, run_cli, wait_for, wait_for_logged
 
 pytestmark = pytest.mark.slurm
 TEMPLATE = str(REPO / "templates" / "trl.slurm_template")
@@ -42,7 +42,7 @@ def test_five_seed_array_completes_and_each_log_names_its_seed(cwd: Path) -> Non
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("submitted job array") == 1
     jobs = records(cwd / "r")
-    array_ids = {j["slurm_id"].split("_")[0] for j in jobs.values() if j["variant"] == "five"}
+    array_ids = {j["scheduler_id"].split("_")[0] for j in jobs.values() if j["variant"] == "five"}
     assert len(array_ids) == 1
     for seed in range(1, 6):
         job = jobs[f"five/{seed}"]
@@ -50,7 +50,7 @@ def test_five_seed_array_completes_and_each_log_names_its_seed(cwd: Path) -> Non
         # The manifest knows each task's W&B run id, so a report can find its run.
         assert f"my seed is {seed}, my wandb run {job['wandb_id']}" in (cwd / "r" / job["log"]).read_text()
     # The follow-up ran after every task had ended, not just the first.
-    assert jobs["then"]["state"] == "COMPLETED"
+    assert followup(cwd / "r")["state"] == "COMPLETED"
     then_ran = float((cwd / "then-ran").read_text())
     assert all(then_ran >= float((cwd / f"ended-{seed}").read_text()) for seed in range(1, 6))
     script = next((cwd / "r" / "scripts").glob("five-*.sh")).read_text()
@@ -99,8 +99,8 @@ def test_a_failing_seed_is_recorded_and_resume_resubmits_only_it(cwd: Path) -> N
     assert "resuming 1 of 3 jobs" in result.stdout
     after = records(cwd / "r")
     assert {j["state"] for j in after.values()} == {"COMPLETED"}
-    assert after["flaky/1"]["slurm_id"] == before["flaky/1"]["slurm_id"]
-    assert after["flaky/2"]["slurm_id"] != before["flaky/2"]["slurm_id"]
+    assert after["flaky/1"]["scheduler_id"] == before["flaky/1"]["scheduler_id"]
+    assert after["flaky/2"]["scheduler_id"] != before["flaky/2"]["scheduler_id"]
     assert after["flaky/2"]["tries"][0]["exit_code"] == 7
     assert "ok 2" in (cwd / "r" / after["flaky/2"]["log"]).read_text()
 
@@ -116,9 +116,9 @@ def test_cancel_stops_exactly_this_runs_jobs(cwd: Path) -> None:
     assert cancelled.returncode == 0, cancelled.stderr
     assert "cancelled 3 task(s)" in cancelled.stdout
     assert [j["state"] for j in records(cwd / "r").values()] == ["CANCELLED"] * 3
-    array = records(cwd / "r")["sleepy/1"]["slurm_id"].split("_")[0]
+    array = records(cwd / "r")["sleepy/1"]["scheduler_id"].split("_")[0]
     wait_for(lambda: sacct_states(array) == ["CANCELLED"] * 3, what="Slurm to cancel all three tasks")
-    other_id = records(cwd / "other-run")["other/1"]["slurm_id"].split("_")[0]
+    other_id = records(cwd / "other-run")["other/1"]["scheduler_id"].split("_")[0]
     squeue = subprocess.run(["squeue", "-h", "-j", other_id, "-o", "%T"], capture_output=True, text=True).stdout
     assert squeue.strip() in ("PENDING", "RUNNING"), "another run's job was cancelled too"
     assert run_cli("cancel", "other-run", cwd=cwd).returncode == 0
@@ -178,15 +178,15 @@ def test_harness_killed_after_submission_keeps_the_job_ids(cwd: Path) -> None:
         cwd=cwd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     manifest = cwd / "r" / "manifest.jsonl"
-    wait_for(lambda: manifest.exists() and all(j["slurm_id"] for j in records(cwd / "r").values()),
+    wait_for(lambda: manifest.exists() and all(j["scheduler_id"] for j in records(cwd / "r").values()),
              what="the job ids in the manifest")
     harness.kill()
     harness.wait()
-    ids = {j["slurm_id"] for j in records(cwd / "r").values()}
+    ids = {j["scheduler_id"] for j in records(cwd / "r").values()}
     assert "slow" in status_rows(cwd)
     result = run_cli("resume", "r", cwd=cwd)
     assert result.returncode == 0 and ("nothing to resume" in result.stdout or "left alone" in result.stdout)
-    assert {j["slurm_id"] for j in records(cwd / "r").values()} == ids  # nothing resubmitted
+    assert {j["scheduler_id"] for j in records(cwd / "r").values()} == ids  # nothing resubmitted
     wait_for(lambda: states(cwd) == ["COMPLETED", "COMPLETED"], what="the tasks to complete")
 
 
@@ -202,14 +202,14 @@ def test_node_down_under_a_running_task_is_recorded_and_resumed(cwd: Path) -> No
     finally:
         # With ReturnToService=2 the node may be back already, and then Slurm refuses "resume".
         subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
-    first_id = records(cwd / "r")["victim/1"]["slurm_id"]
+    first_id = records(cwd / "r")["victim/1"]["scheduler_id"]
     resumed = run_cli("resume", "r", "--workers", "1", cwd=cwd)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming 1 of 1 jobs" in resumed.stdout
     # The lost try is on record, and the job runs again under a new Slurm id.
     record = records(cwd / "r")["victim/1"]
     assert [t["state"] for t in record["tries"]] in (["NODE_FAIL"], ["FAILED"])
-    assert record["tries"][0]["slurm_id"] == first_id and record["slurm_id"] not in (None, first_id)
+    assert record["tries"][0]["scheduler_id"] == first_id and record["scheduler_id"] not in (None, first_id)
     wait_for(lambda: states(cwd) == ["RUNNING"], what="the resubmitted task to run")
     assert run_cli("cancel", "r", cwd=cwd).returncode == 0
 

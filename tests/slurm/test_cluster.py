@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from cli import wait_for_logged
 
-from benchmark.templates import DEFAULT_TEMPLATE, exit_file, render
+from benchmark.manifest import exit_file
+from benchmark.templates import DEFAULT_TEMPLATE, render
 
 pytestmark = pytest.mark.slurm
 
@@ -51,7 +52,7 @@ def test_five_seed_array_completes_and_each_log_names_its_seed(lab, run_dir):
         log = log_of(run_dir, job, index)
         assert f"Running task {index} with seed: {seed}" in log
         assert f"command got --seed {seed}" in log
-        assert exit_file(run_dir, job, index).read_text() == "0\n"
+        assert exit_file(run_dir, f"{job}_{index}").read_text() == "0\n"
 
 
 def test_failing_seed_shows_failed_with_its_exit_code(lab, run_dir):
@@ -63,7 +64,7 @@ def test_failing_seed_shows_failed_with_its_exit_code(lab, run_dir):
         ("FAILED", "3:0"),
         ("COMPLETED", "0:0"),
     ]
-    assert [exit_file(run_dir, job, index).read_text() for index in range(3)] == ["0\n", "3\n", "0\n"]
+    assert [exit_file(run_dir, f"{job}_{index}").read_text() for index in range(3)] == ["0\n", "3\n", "0\n"]
 
 
 def test_two_ranks_get_distinct_gpus(lab, run_dir):
