@@ -81,7 +81,7 @@ def manifest_job_ids(run_dir: Path) -> list[str | None]:
     """The job id of each task in the run's manifest (None: not submitted); none without a manifest."""
     if not (run_dir / MANIFEST_NAME).exists():
         return []
-    return [record.slurm_id for record in Manifest.load(run_dir).jobs.values()]
+    return [record.scheduler_id for record in Manifest.load(run_dir).jobs.values()]
 
 
 def wait_for_exit_files(run_dir: Path, count: int, timeout: float) -> list[Path]:

@@ -60,12 +60,11 @@ run_study() {
   run=$(realpath -m "$RUNS/$name-$SCALE-$(date -u +%Y-%m-%dT%H-%M-%S)")
   mkdir -p "$run"
   [ "$SCALE" = gpu ] || export WANDB_DIR=$run
-  # Offline, the study's own W&B folder holds just its runs. In the cloud, the run dir picks this sweep's
-  # runs by the W&B ids the harness gave its tasks (a template must export the harness's `env` for that;
-  # TRL's own does not).
-  local source=(--wandb-dir "$run/wandb")
-  [ "$SCALE" = cpu ] || source=(--entity "${WANDB_ENTITY:?set WANDB_ENTITY}" --project "${WANDB_PROJECT:-trl}"
-                                --run-dir "$run")
+  # The run dir picks this sweep's runs (offline from its own W&B folder, else from the cloud project) by
+  # the W&B ids the harness gave its tasks, or, through a template that hands them no ids (TRL's own),
+  # by each run's group (the variant) and seed.
+  local source=(--run-dir "$run")
+  [ "$SCALE" = cpu ] || source+=(--entity "${WANDB_ENTITY:?set WANDB_ENTITY}" --project "${WANDB_PROJECT:-trl}")
   python benchmark/benchmark.py "$@" --num-seeds "$SEEDS" --start-seed 1 "${LAUNCH[@]}" \
     --slurm-template-path "$TEMPLATE" --run-dir "$run" --wait \
     --then "benchmark report ${source[*]} --preset $preset --output-dir $out"

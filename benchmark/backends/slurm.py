@@ -102,6 +102,7 @@ class SlurmArrays(ArrayBackend):
         settings = self.settings
         given = [("--partition", settings.partition), ("--time", settings.time)]
         command = "\n".join([*settings.setup, followup.command])
+        (manifest.run_dir / "logs").mkdir(exist_ok=True)  # Slurm makes no folder for a log
         job_id = parse_job_id(run_slurm(
             ["sbatch", "--parsable", "--hold", f"--dependency=afterany:{':'.join(after)}", "--job-name=then",
              f"--output={manifest.run_dir.resolve() / 'logs' / 'then_%j.out'}",
@@ -112,7 +113,12 @@ class SlurmArrays(ArrayBackend):
         say(f"then: submitted job {job_id}, after {len(after)} array(s)")
 
     def release(self, scheduler_ids: list[str]) -> None:
-        run_slurm(["scontrol", "release", ",".join(scheduler_ids)])
+        try:
+            run_slurm(["scontrol", "release", ",".join(scheduler_ids)])
+        except SlurmError as error:
+            # A job cancelled while held has finished; any other refusal leaves jobs held: say so.
+            if "already finished" not in str(error):
+                say_error(f"warning: {error}; release them by hand: scontrol release {','.join(scheduler_ids)}")
 
     def refresh(self, manifest: Manifest) -> str | None:
         active = [r for r in manifest.records() if r.scheduler_id and r.state in ACTIVE_STATES]
@@ -226,7 +232,8 @@ def _apply_sacct(records: list[Record]) -> None:
 
     info = SlurmInfoWatcher().read_info(out)
     for record in records:
-        stats = info.get(record.scheduler_id or "")
+        # An array cancelled whole while its tasks were pending has one row, under the array's id.
+        stats = info.get(record.scheduler_id or "") or info.get(array_id(record.scheduler_id or ""))
         if not stats:
             continue  # not in accounting yet: keep what we knew
         record.state = stats["State"].split()[0].rstrip("+")  # "CANCELLED by 0" -> CANCELLED

@@ -216,11 +216,11 @@ def test_node_down_under_a_running_task_is_recorded_and_resumed(cwd: Path) -> No
 
 def records_now(cwd: Path) -> dict[str, dict]:
     """The records after `status` has asked Slurm (status does not write; resume does)."""
-    from benchmark.backends.slurm import SlurmBackend
+    from benchmark.backends import get_backend
     from benchmark.manifest import Manifest
 
     manifest = Manifest.load(cwd / "r")
-    SlurmBackend().refresh(manifest)
+    get_backend(manifest.plan).refresh(manifest)
     return {i: vars(r) for i, r in manifest.jobs.items()}
 
 
@@ -264,3 +264,70 @@ def test_a_log_slurm_cannot_write_is_named(cwd: Path) -> None:
     (job,) = records(cwd / "r").values()
     assert job["state"] == "FAILED" and job["log"].startswith("/proc/no-such-folder/trl_") and "%" not in job["log"]
     assert f"(no log: Slurm could not open {job['log']} for the task" in result.stdout.replace("\n", "")
+
+
+def test_the_users_wandb_tags_are_kept(cwd: Path) -> None:
+    result = run_cli("--command", "tags=sh -c 'echo tags=$WANDB_TAGS'", "--num-seeds", "1", "--seed-flag", "",
+                     "--pr", "7", "--wait", *SLURM, cwd=cwd, env=clean_env(WANDB_TAGS="mine"), timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = (cwd / "r" / records(cwd / "r")["tags/1"]["log"]).read_text()
+    assert "tags=mine," in log and ",pr-7" in log, log
+
+
+def test_a_variant_named_then_is_submitted(cwd: Path) -> None:
+    result = sweep(cwd, "--command", "then=sh -c 'echo seed $2' x", "--num-seeds", "2", "--then", "echo after",
+                   "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = records(cwd / "r")
+    assert [jobs[f"then/{seed}"]["state"] for seed in (1, 2)] == ["COMPLETED", "COMPLETED"]
+    assert (followup(cwd / "r") or {}).get("state") == "COMPLETED"
+
+
+def test_a_task_that_fails_once_completes_on_its_second_try(cwd: Path) -> None:
+    once = "sh -c 'test -e failed-$2 || { touch failed-$2; exit 3; }; echo ok $2' x"
+    result = sweep(cwd, "--command", f"once={once}", "--num-seeds", "2", "--max-retries", "1", "--wait",
+                   "--then", "echo after")
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = records(cwd / "r")
+    for seed in (1, 2):
+        job = jobs[f"once/{seed}"]
+        assert job["state"] == "COMPLETED" and [(t["state"], t["exit_code"]) for t in job["tries"]] == [("FAILED", 3)]
+        assert f"ok {seed}" in (cwd / "r" / job["log"]).read_text()
+    # The retries went in as a new array of just those seeds; the follow-up ran after them.
+    assert jobs["once/1"]["scheduler_id"].split("_")[0] != jobs["once/1"]["tries"][0]["scheduler_id"].split("_")[0]
+    then = followup(cwd / "r") or {}
+    assert then.get("state") == "COMPLETED" and then["end"] >= max(j["end"] for j in jobs.values())
+
+
+def test_a_cancelled_task_is_not_retried_and_status_says_why(cwd: Path) -> None:
+    harness = subprocess.Popen(cli_argv("--command", "sleepy=sleep 60", "--num-seeds", "1", "--seed-flag", "",
+                                        "--max-retries", "2", "--wait", *SLURM),
+                               cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: (cwd / "r" / "manifest.jsonl").exists() and records(cwd / "r")["sleepy/1"]["scheduler_id"],
+             what="the task's job id")
+    subprocess.run(["scancel", records(cwd / "r")["sleepy/1"]["scheduler_id"]], check=True, timeout=60)
+    output, _ = harness.communicate(timeout=120)
+    assert harness.returncode == 1, output
+    job = records(cwd / "r")["sleepy/1"]
+    assert job["state"] == "CANCELLED" and job["tries"] == []
+    assert "sleepy/1: not retried: it was cancelled" in status_rows(cwd)
+
+
+def test_a_task_whose_node_fails_is_retried_on_another_node(cwd: Path) -> None:
+    harness = subprocess.Popen(cli_argv("--command", "victim=sleep 20", "--num-seeds", "1", "--seed-flag", "",
+                                        "--slurm-extra=--no-requeue", "--max-retries", "1", "--wait", *SLURM),
+                               cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: (cwd / "r" / "manifest.jsonl").exists() and records_now(cwd)["victim/1"].get("node"),
+             what="the task to run on a node")
+    node = records_now(cwd)["victim/1"]["node"]
+    subprocess.run(["scontrol", "update", f"nodename={node}", "state=down", "reason=test"], check=True)
+    try:
+        wait_for(lambda: records(cwd / "r")["victim/1"]["tries"], timeout=90, what="the harness to submit try 2")
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
+    output, _ = harness.communicate(timeout=120)
+    assert harness.returncode == 0, output
+    job = records(cwd / "r")["victim/1"]
+    assert job["state"] == "COMPLETED" and job["tries"][0]["state"] in ("NODE_FAIL", "FAILED")
+    if job["tries"][0]["state"] == "NODE_FAIL":  # then it went in with --exclude of the failed node
+        assert job["node"] != node, (job, node)

@@ -3,13 +3,14 @@ submitit's local executor, which needs no cluster."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from cli import clean_env, cli_argv, followup, records, run_cli, wait_for
 
-from benchmark.backends.submitit import SubmititBackend
+from benchmark.backends import get_backend
 from benchmark.manifest import Manifest
 
 # Fails for seed 2 until the file `fixed` exists; says its seed either way.
@@ -30,7 +31,7 @@ def launch(cwd: Path, command: str, num_seeds: int, *options: str) -> int:
 def states(cwd: Path) -> list[str]:
     """The states `status` would show (status itself does not write them)."""
     manifest = Manifest.load(cwd / "r")
-    SubmititBackend().refresh(manifest)
+    get_backend(manifest.plan).refresh(manifest)
     return [record.state for record in manifest.jobs.values()]
 
 
@@ -111,3 +112,34 @@ def test_cancel_on_the_local_executor_stops_the_commands(tmp_path: Path) -> None
     assert [job["state"] for job in records(tmp_path / "r").values()] == ["CANCELLED"] * 2
     pids = [int((tmp_path / f"pid-{seed}").read_text()) for seed in (1, 2)]
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout=10, what="the commands to end")
+
+
+# Writes a real offline W&B run, as trl_ppo does, under whatever id and group the harness handed it.
+WANDB_JOB = ("python -c \"import sys, wandb; run = wandb.init(mode='offline', config={'seed': int(sys.argv[2])}); "
+             "run.log({'env/reward_mean': float(sys.argv[2])}); run.finish()\"")
+
+
+def test_report_finds_the_runs_of_a_submitit_sweep(tmp_path: Path) -> None:
+    assert launch(tmp_path, WANDB_JOB, 2, "--submitit-cluster", "local", "--wait") == 0
+    jobs = records(tmp_path / "r")
+    # The manifest knows each task's W&B run id, so the report needs no folder or project to find them.
+    assert all(job["wandb_id"] for job in jobs.values())
+    found = {path.stem.removeprefix("run-") for path in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")}
+    assert found == {job["wandb_id"] for job in jobs.values()}
+    report = run_cli("report", "--run-dir", "r", "--output-dir", "out", cwd=tmp_path)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "| v | 2 / 2 | 1.5" in (tmp_path / "out" / "summary.md").read_text()
+
+
+@pytest.mark.slurm
+def test_a_sweep_on_slurm_stays_a_slurm_sweep_where_srun_is_missing(tmp_path: Path) -> None:
+    assert launch(tmp_path, "sleep 30", 1, "--seed-flag", "") == 0
+    # A shell with the Slurm client commands but no srun, as on a node where only sacct is installed.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sacct", "squeue", "scontrol", "scancel", "sbatch"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or tool)
+    status = run_cli("status", "r", cwd=tmp_path, env=clean_env(PATH=str(bin_dir)))
+    assert status.returncode == 0, status.stderr
+    assert ("1 PENDING" in status.stdout or "1 RUNNING" in status.stdout) and "LOST" not in status.stdout, status.stdout
+    assert run_cli("cancel", "r", cwd=tmp_path).returncode == 0
