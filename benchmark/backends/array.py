@@ -16,7 +16,6 @@ the scheduler has them, `submit_followup` and `release`) and the interface's `re
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from abc import abstractmethod
 from collections.abc import Callable
@@ -203,7 +202,3 @@ class ArrayBackend(Backend):
         for line in refused:
             say_error(f"error: not submitted: {line}")
 
-
-def relative_log(path: str | os.PathLike[str], run_dir: Path) -> str:
-    """A log inside the run dir as the records keep it: relative, so the run dir can move."""
-    return os.path.relpath(path, run_dir.resolve())

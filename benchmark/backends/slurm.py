@@ -232,8 +232,12 @@ def _apply_sacct(records: list[Record]) -> None:
 
     info = SlurmInfoWatcher().read_info(out)
     for record in records:
-        # An array cancelled whole while its tasks were pending has one row, under the array's id.
-        stats = info.get(record.scheduler_id or "") or info.get(array_id(record.scheduler_id or ""))
+        stats = info.get(record.scheduler_id or "")
+        # An array cancelled whole while its tasks were pending has one row, under the array's id. (Such
+        # a row also stands for a whole array while accounting catches up, in the array's summary state.)
+        whole = info.get(array_id(record.scheduler_id or ""), {})
+        if not stats and whole.get("State", "").startswith(CANCELLED):
+            stats = whole
         if not stats:
             continue  # not in accounting yet: keep what we knew
         record.state = stats["State"].split()[0].rstrip("+")  # "CANCELLED by 0" -> CANCELLED
