@@ -17,7 +17,7 @@ from typing import Annotated, Literal, Optional
 
 import tyro
 
-from benchmark.backends import Backend, BackendError, get_backend
+from benchmark.backends import Backend, BackendError, get_backend, name_wandb_run
 from benchmark.backends.local import log_path
 from benchmark.manifest import ACTIVE_STATES, COMPLETED, PENDING, FollowUpRecord, JobRecord, Manifest, ManifestError
 from benchmark.plan import PlanError, make_plan
@@ -123,6 +123,8 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
             print(job.command)
         return 0
     records = [JobRecord.from_job(job, log_path(job.variant, job.seed, 1)) for job in jobs]
+    for record in records:  # named now, so that --dry-run shows the W&B runs a launch would make
+        name_wandb_run(record)
     followup = FollowUpRecord(command=args.then) if args.then else None
     run_dir = args.run_dir or _default_run_dir(plan.variants[0].name)
     backend = get_backend(plan)

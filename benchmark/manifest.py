@@ -118,7 +118,7 @@ class JobRecord(Record):
                                            "wandb_id")}
         )
         self.state, self.start, self.end, self.exit_code = PENDING, None, None, None
-        self.pid_start = self.scheduler_id = self.node = self.message = None
+        self.pid_start = self.scheduler_id = self.node = self.message = self.wandb_id = self.wandb_name = None
 
 
 @dataclass(kw_only=True)

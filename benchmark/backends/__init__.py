@@ -11,8 +11,7 @@ settings are the plan's (`plan.backend`), so `resume` and `status` act exactly a
 
 from __future__ import annotations
 
-import random
-import string
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -86,10 +85,11 @@ def task_env(record: JobRecord, environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def name_wandb_run(record: JobRecord) -> None:
-    """Give a new try its own W&B run, before it can start: the manifest knows every run's id, so a
-    report finds each job's run, whatever folder or project it went to."""
-    record.wandb_id = "".join(random.choices(string.ascii_lowercase + string.digits, k=8))
-    record.wandb_name = f"{record.variant}__{record.seed}__{int(time.time())}"
+    """Give a try its own W&B run, unless it has one, before it can start: the manifest knows every
+    run's id, so a report finds each job's run, whatever folder or project it went to."""
+    if record.wandb_id is None:
+        record.wandb_id = secrets.token_hex(4)
+        record.wandb_name = f"{record.variant}__{record.seed}__{int(time.time())}"
 
 
 def settle_process(run_dir: Path, record: JobRecord) -> None:

@@ -15,7 +15,6 @@ the scheduler has them, `submit_followup` and `release`) and the interface's `re
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from abc import abstractmethod
 from collections.abc import Callable
@@ -83,9 +82,6 @@ class ArrayBackend(Backend):
     def describe(self, run_dir: Path, plan: Plan, records: list[JobRecord]) -> str:
         parts = []
         for variant, group in by_variant(records).items():
-            group = [dataclasses.replace(record) for record in group]  # named as a launch would, unchanged
-            for record in group:
-                name_wandb_run(record)
             parts += self.describe_array(run_dir, variant, group, self.prepare(run_dir, plan, variant, group))
         if self.settings.then:
             parts.append(f"# then, after every task: {self.settings.then}")
