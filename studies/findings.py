@@ -32,7 +32,7 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float, float]:
     """mean(b) - mean(a) and its 95% interval (Welch-Satterthwaite degrees of freedom)."""
     va, vb = stdev(a) ** 2 / len(a), stdev(b) ** 2 / len(b)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = t975(max(1, math.floor(df))) * math.sqrt(va + vb)
+    half = t975(max(1.0, df)) * math.sqrt(va + vb)
     delta = mean(b) - mean(a)
     return delta, delta - half, delta + half
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from benchmark.report.runs import Run
 
@@ -21,14 +22,6 @@ _GAP_TOLERANCE = 1.5
 _BOOTSTRAP_RESAMPLES = 1000
 # Bootstrap resamples of a long curve are done in slices of this many x values to bound memory.
 _BOOTSTRAP_SLICE = 2048
-
-# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-
 
 @dataclass
 class Series:
@@ -161,10 +154,6 @@ def mean_ci95(values: list[float]) -> Estimate:
     return Estimate(mean, t975(n - 1) * float(np.std(values, ddof=1)) / np.sqrt(n), n)
 
 
-def t975(df: int) -> float:
-    """Student's t 0.975 quantile: tabulated to 30 degrees of freedom, then the Cornish-Fisher
-    expansion around the normal quantile (off by under 0.2% there)."""
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df)
+def t975(df: float) -> float:
+    """Student's t 0.975 quantile: the half-width of a two-sided 95% interval is t975 x standard error."""
+    return float(stats.t.ppf(0.975, df))

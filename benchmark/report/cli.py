@@ -26,8 +26,8 @@ Repeatable = tyro.conf.UseAppendAction
 
 
 @dataclass
-class ReportArgs:
-    """Seed-aggregated learning curves and a summary table from W&B runs (cloud or offline)."""
+class Sources:
+    """Where runs come from; `benchmark report` and `benchmark compare` read the same."""
 
     wandb_dir: Annotated[list[Path], Repeatable] = field(default_factory=list)
     """a folder holding wandb's offline-run-*/run-* folders, or one such folder"""
@@ -35,6 +35,26 @@ class ReportArgs:
     """W&B entity of the cloud runs (with --project)"""
     project: str | None = None
     """W&B project of the cloud runs (with --entity)"""
+    run_dir: Path | None = None
+    """a harness run dir: its variants and expected seeds, and where each job's W&B run is"""
+    refresh: bool = False
+    """refetch cloud runs even when cached"""
+    cache_dir: Path = field(default_factory=cloud.default_cache_dir)
+    """where fetched cloud runs are cached"""
+
+    def problem(self) -> str | None:
+        """What is wrong with the sources given, for an error message; None when they can be read."""
+        if not (self.wandb_dir or self.project or self.run_dir):
+            return "name a source: --wandb-dir, --entity/--project or --run-dir"
+        if self.project and not self.entity:
+            return "--project needs --entity"
+        return None
+
+
+@dataclass
+class ReportArgs(Sources):
+    """Seed-aggregated learning curves and a summary table from W&B runs (cloud or offline)."""
+
     tags: list[str] = field(default_factory=list)
     """keep runs that carry all these tags"""
     group: str | None = None
@@ -43,8 +63,6 @@ class ReportArgs:
     """keep runs in this state (finished, running, crashed, failed)"""
     filter: Annotated[list[str], Repeatable] = field(default_factory=list)
     """keep runs whose config has KEY=VALUE (dotted keys, e.g. trl_ppo_trainer_config.exp_name=x)"""
-    run_dir: Path | None = None
-    """a harness run dir: its variants and expected seeds, and where each job's W&B run is"""
     metrics: list[str] = field(default_factory=lambda: list(workload.DEFAULT_METRICS))
     """metrics to plot, one panel each, and to tabulate, a final value each"""
     x_axis: str = "_step"
@@ -63,10 +81,6 @@ class ReportArgs:
     """final values are each run's mean over its last N logged steps"""
     include_crashed: bool = False
     """average crashed and failed runs in too (the table says so)"""
-    refresh: bool = False
-    """refetch cloud runs even when cached"""
-    cache_dir: Path = field(default_factory=cloud.default_cache_dir)
-    """where fetched cloud runs are cached"""
     name: str | None = None
     """report name; unset: the run dir's or project's name"""
     output_dir: Path | None = None
@@ -89,15 +103,11 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
     except ValueError as error:
         err.print(f"[red]error:[/] {escape(str(error))}")
         return 2
-    if not (args.wandb_dir or args.project or args.run_dir):
-        err.print("[red]error:[/] name a source: --wandb-dir, --entity/--project or --run-dir")
-        return 2
-
-    if args.project and not args.entity:
-        err.print("[red]error:[/] --project needs --entity")
+    if problem := args.problem():
+        err.print(f"[red]error:[/] {escape(problem)}")
         return 2
     try:
-        found = _gather(args, filters)
+        found = gather(args, filters)
     except ManifestError as error:
         err.print(f"[red]error:[/] {escape(str(error))}")
         return 2
@@ -167,7 +177,9 @@ def _table(
     ]
 
 
-def _gather(args: ReportArgs, filters: Filters) -> Found:
+def gather(args: Sources, filters: Filters) -> Found:
+    """Every run the sources hold (cloud runs narrowed by `filters` already), matched to the run
+    dir's jobs when one is given."""
     found = Found()
     manifest = Manifest.load(args.run_dir) if args.run_dir else None
     if manifest and not (args.wandb_dir or args.project):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from scipy import stats
 
 from benchmark.report import main, offline
 from benchmark.report.presets import preset_selection
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from tests.report.conftest import Sweep
 
 LAST_N = 10
-T975 = {1: 12.706, 2: 4.303}  # Student-t 0.975 quantiles, from a printed table
 
 
 @dataclass
@@ -60,7 +60,8 @@ def table(out: Path) -> dict[str, dict[str, str]]:
 def by_hand(sweep: Sweep, variant: str, metric: str, seeds: tuple[int, ...]) -> tuple[float, float]:
     """Mean over seeds of each run's last-N average, and the Student-t 95% half-width."""
     finals = [statistics.fmean(row[metric] for row in sweep.runs[variant, s].rows[-LAST_N:]) for s in seeds]
-    return statistics.fmean(finals), T975[len(finals) - 1] * statistics.stdev(finals) / len(finals) ** 0.5
+    t975 = float(stats.t.ppf(0.975, len(finals) - 1))
+    return statistics.fmean(finals), t975 * statistics.stdev(finals) / len(finals) ** 0.5
 
 
 def test_summary_numbers_equal_hand_computed_ones(sweep: Sweep, report_dir: Path) -> None:
