@@ -1,5 +1,5 @@
 """The command line: launch a sweep (TRL's flags, no subcommand), or `status` / `resume` / `cancel` /
-`report` a run dir.
+`report` / `compare` a run dir.
 
     benchmark --command "python -m trl_ppo.ppo --ppo_config.log_with wandb" --num-seeds 5 --workers 2
     benchmark status runs/2026-11-28T10-00-00-trl_ppo.ppo-log_with-wandb
@@ -229,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
             from benchmark.report import main as report_main
 
             return report_main(argv[1:])
+        if argv and argv[0] == "compare":
+            from benchmark.report.compare import main as compare_main
+
+            return compare_main(argv[1:])
         if argv and argv[0] in _SUBCOMMANDS:
             cls, handler = _SUBCOMMANDS[argv[0]]
             return handler(tyro.cli(cls, args=argv[1:], prog=f"benchmark {argv[0]}"))

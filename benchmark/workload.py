@@ -17,3 +17,5 @@ REWARD, KL = "env/reward_mean", "objective/kl"
 # What a report plots and tabulates unless --metrics says otherwise.
 DEFAULT_METRICS = (REWARD, KL)
 SAMPLES_PER_S = "perf/samples_per_s"
+# Which way is better, for `benchmark compare`; a metric not named here has no better direction.
+METRIC_DIRECTIONS = {REWARD: "higher", SAMPLES_PER_S: "higher", KL: "two-sided"}

@@ -21,6 +21,7 @@ from benchmark.report import cloud, figures, offline, rundir, summary
 from benchmark.report.aggregate import Band, Curve, curve, series
 from benchmark.report.presets import Preset, preset_selection
 from benchmark.report.runs import BROKEN_STATES, Filters, Found, Run, describe, group_runs, key_of, parse_assignments
+from benchmark.report.verdict import read_verdicts
 
 Repeatable = tyro.conf.UseAppendAction
 
@@ -126,7 +127,7 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
     svgs = [p for p in written if p.suffix == ".svg"]
     summary.write_markdown(rows, args.metrics, out / "summary.md", args.last_n)
     summary.write_csv(rows, out / "summary.csv")
-    summary.write_html(rows, args.metrics, svgs, warnings, out / "index.html", args.last_n)
+    summary.write_html(rows, args.metrics, svgs, warnings, out / "index.html", args.last_n, read_verdicts(out))
 
     summary.print_table(rows, args.metrics, console)
     _print_warnings(warnings, err)

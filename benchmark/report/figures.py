@@ -82,3 +82,40 @@ def _thinned(c: Curve) -> Curve:
             return np.where(present, padded, 0.0).sum(axis=1) / present.sum(axis=1)
 
     return Curve(binned(c.x), binned(c.mean), binned(c.low), binned(c.high), binned(c.n))
+
+
+def plot_comparison(
+    curves: dict[str, dict[str, Curve]], finals: dict[str, dict[str, np.ndarray]], titles: dict[str, str],
+    x_axis: str, stem: Path,
+) -> list[Path]:
+    """`benchmark compare`'s figure: per metric, both sides' curves (mean, band of one std over seeds) and,
+    beside them, each side's final scores, one dot per run with its mean; `stem`.png and `stem`.svg."""
+    metrics = list(curves)
+    width, height = _PANEL_SIZE[0] * 1.4, _PANEL_SIZE[1] * len(metrics)
+    figure = Figure(figsize=(width, height))
+    figure.subplots_adjust(left=0.1, right=0.97, bottom=0.55 / height, top=1 - 0.45 / height, hspace=0.5)
+    axes = figure.subplots(len(metrics), 2, squeeze=False, gridspec_kw={"width_ratios": [3, 1]})
+    for (curve_ax, final_ax), metric in zip(axes, metrics, strict=True):
+        for i, (side, c) in enumerate(curves[metric].items()):
+            c = _thinned(c)
+            curve_ax.plot(c.x, c.mean, color=f"C{i}", linewidth=1.2, label=side)
+            if not np.isnan(c.low).all():
+                curve_ax.fill_between(c.x, c.low, c.high, color=f"C{i}", alpha=0.2, linewidth=0)
+            scores = finals[metric][side]
+            jitter = np.linspace(-0.12, 0.12, len(scores)) if len(scores) > 1 else np.zeros(1)
+            final_ax.scatter(i + jitter, scores, color=f"C{i}", s=14)
+            final_ax.hlines(scores.mean(), i - 0.25, i + 0.25, color=f"C{i}", linewidth=2)
+        curve_ax.set_title(titles[metric])
+        curve_ax.set_xlabel(_AXIS_NAMES.get(x_axis, x_axis))
+        curve_ax.grid(alpha=0.3)
+        final_ax.set_xticks(range(len(curves[metric])), ["baseline", "candidate"][: len(curves[metric])],
+                            fontsize="small")
+        final_ax.set_xlim(-0.6, len(curves[metric]) - 0.4)
+        final_ax.set_title("final scores", fontsize="small")
+        final_ax.grid(alpha=0.3, axis="y")
+    axes[0][0].legend(fontsize="small")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        figure.savefig(path, dpi=120)
+    return paths

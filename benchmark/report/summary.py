@@ -177,10 +177,13 @@ def write_csv(rows: list[Row], path: Path) -> None:
 
 
 def write_html(
-    rows: list[Row], metrics: Sequence[str], figures: list[Path], warnings: list[str], path: Path, last_n: int
+    rows: list[Row], metrics: Sequence[str], figures: list[Path], warnings: list[str], path: Path, last_n: int,
+    verdicts: Sequence[str] = (),
 ) -> None:
-    """A self-contained page beside the figures: they are linked by relative name."""
+    """A self-contained page beside the figures: they are linked by relative name. `verdicts`: the lines of a
+    `benchmark compare` written to the same folder, shown first."""
     esc = html.escape
+    verdict = "".join(f"<li>{esc(line).replace('**', '')}</li>" for line in verdicts)
     head = "".join(f"<th>{esc(h)}</th>" for h in headers(metrics))
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row.cells()) + "</tr>" for row in rows)
     images = "".join(
@@ -194,7 +197,8 @@ def write_html(
         "img{max-width:100%}table{border-collapse:collapse}"
         "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#eef}"
         "</style></head><body><h1>Benchmark report</h1>"
-        f"{images}<h2>Summary</h2><table><tr>{head}</tr>{body}</table><p>{esc(_footnote(last_n))}</p>"
+        + (f'<h2>Verdict (<a href="compare.md">compare.md</a>)</h2><ul>{verdict}</ul>' if verdict else "")
+        + f"{images}<h2>Summary</h2><table><tr>{head}</tr>{body}</table><p>{esc(_footnote(last_n))}</p>"
         + (f"<h2>Warnings</h2><ul>{notes}</ul>" if notes else "")
         + "</body></html>\n"
     )

@@ -13,8 +13,10 @@ narrow (about 10% false alarms at a nominal 5%); Welch's test keeps them at the 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -151,3 +153,29 @@ def _one(
         mean_baseline=float(np.mean(baseline)), mean_candidate=float(np.mean(candidate)),
         iqm_baseline=iqm(baseline), iqm_candidate=iqm(candidate),
     )
+
+
+def verdict_line(result: Comparison) -> str:
+    """One metric's verdict in words, as compare.md and the report's page give it."""
+    low, high = result.ci
+    poi_low, poi_high = result.prob_improvement_ci
+    line = (f"**{result.metric}** ({result.direction}): **{result.verdict}**, "
+            f"Δ = {result.delta:+.3g} [{low:+.3g}, {high:+.3g}], P(candidate > baseline) = "
+            f"{result.prob_improvement:.2f} [{poi_low:.2f}, {poi_high:.2f}], Welch p = {result.p_welch:.3g} "
+            f"(Holm {result.p_holm:.3g}), {result.n_baseline} vs {result.n_candidate} runs")
+    if result.seeds_needed is not None:
+        line += f"; about {result.seeds_needed} seeds a side would detect a difference of ε"
+    return line
+
+
+def read_verdicts(folder: Path) -> list[str]:
+    """The verdict lines of the compare.json in `folder` (written by `benchmark compare`), if any."""
+    try:
+        metrics = json.loads((folder / "compare.json").read_text())["metrics"]
+    except (OSError, ValueError, KeyError):
+        return []
+    lines = []
+    for data in metrics:
+        data |= {key: tuple(data[key]) for key in ("ci", "prob_improvement_ci")}
+        lines.append(verdict_line(Comparison(**data)))
+    return lines
