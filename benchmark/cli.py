@@ -23,6 +23,7 @@ from benchmark.manifest import ACTIVE_STATES, COMPLETED, PENDING, FollowUpRecord
 from benchmark.plan import PlanError, make_plan
 from benchmark.procs import claim_run_dir, live_harness
 from benchmark.redact import Redactor, referenced_secrets
+from benchmark.tags import add_worktree
 from benchmark.view import say, say_error, status_table
 
 
@@ -54,6 +55,9 @@ class LaunchArgs:
     """Slurm tasks per job"""
     slurm_nodes: Optional[int] = None
     """Slurm nodes per job"""
+    ref: Annotated[tuple, tyro.conf.UseAppendAction] = ()
+    """run the command at this git ref too (repeatable): a variant per ref, named after its `git describe`,
+    run in a worktree of its own under the run dir with PYTHONPATH set to it"""
     seed_flag: str = "--seed"
     """the flag appended to each command with its seed"""
     dry_run: bool = False
@@ -141,9 +145,20 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
 
 def _run(backend: Backend, manifest: Manifest, ids: list[str]) -> int:
     claim_run_dir(manifest.run_dir)
+    _check_out_refs(manifest)
     code = backend.launch(manifest, ids)
     say(f"status: benchmark status {manifest.run_dir}")
     return code
+
+
+def _check_out_refs(manifest: Manifest) -> None:
+    """A worktree for each `--ref` variant, made once (a resume finds it there)."""
+    for variant in manifest.plan.variants:
+        path = manifest.plan.workdir(manifest.run_dir, variant.name)
+        if variant.commit and not path.exists():
+            if problem := add_worktree(manifest.plan.cwd, str(path), variant.commit):
+                raise PlanError(f"{variant.name}: cannot check out {variant.commit} at {path}: {problem}")
+            say(f"{variant.name}: {variant.commit[:12]} checked out at {path}")
 
 
 def status(args: RunDirArgs) -> int:

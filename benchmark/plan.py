@@ -17,10 +17,11 @@ import subprocess
 import time
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from benchmark.redact import Redactor
-from benchmark.tags import auto_tags, git_commit, pr_number
+from benchmark.tags import auto_tags, git_commit, git_tag, pr_number, resolve_ref
 from benchmark.workload import EXP_NAME_FLAGS
 
 if TYPE_CHECKING:
@@ -40,6 +41,11 @@ _ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 class Variant:
     name: str
     command: str
+    # `--ref`: the ref as given, the commit whose code this variant runs (in a worktree of its own),
+    # and its W&B tags.
+    ref: str | None = None
+    commit: str | None = None
+    wandb_tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,13 +112,17 @@ def make_variants(commands: list[str]) -> list[Variant]:
     variants = [parse_variant(command) for command in commands]
     if not variants:
         raise PlanError("no --command given")
-    # Two variants with one name would share logs and W&B groups: number the repeats.
+    return _numbered(variants)
+
+
+def _numbered(variants: list[Variant]) -> list[Variant]:
+    """Two variants with one name would share logs and W&B groups: the repeats are numbered."""
     seen: dict[str, int] = {}
     unique = []
     for variant in variants:
         count = seen.get(variant.name, 0) + 1
         seen[variant.name] = count
-        unique.append(variant if count == 1 else Variant(f"{variant.name}-{count}", variant.command))
+        unique.append(variant if count == 1 else dataclasses.replace(variant, name=f"{variant.name}-{count}"))
     return unique
 
 
@@ -220,8 +230,15 @@ class Plan:
     def jobs(self) -> list[Job]:
         return expand(list(self.variants), list(self.seeds), self.seed_flag)
 
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
     def command_of(self, variant: str) -> str:
-        return next(v.command for v in self.variants if v.name == variant)
+        return self.variant(variant).command
+
+    def workdir(self, run_dir: Path, variant: str) -> Path:
+        """Where the variant's jobs run: its ref's worktree under the run dir, else the launch's folder."""
+        return run_dir.resolve() / "refs" / variant if self.variant(variant).commit else Path(self.cwd)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -232,7 +249,7 @@ class Plan:
     def from_json(cls, data: dict[str, Any]) -> Plan:
         settings = dict(data["backend"])
         backend = _typed(_SETTINGS[settings.pop("name")], settings)
-        variants = tuple(Variant(**v) for v in data["variants"])
+        variants = tuple(_typed(Variant, v) for v in data["variants"])
         return _typed(cls, data | {"backend": backend, "variants": variants})
 
 
@@ -258,6 +275,8 @@ def make_plan(args: LaunchArgs, argv: list[str], redactor: Redactor) -> tuple[Pl
         command, found = redactor.command(variant.command)
         lifted |= found
         variants.append(Variant(variant.name, command))
+    if args.ref:
+        variants = _at_refs(variants, list(args.ref), args.auto_tag)
     seed_list = seeds(args.start_seed, args.num_seeds)
     if args.workers < 0:
         raise PlanError(f"--workers must not be negative, got {args.workers}")
@@ -282,6 +301,21 @@ def make_plan(args: LaunchArgs, argv: list[str], redactor: Redactor) -> tuple[Pl
         git_commit=git_commit(),
     )
     return plan, lifted
+
+
+def _at_refs(variants: list[Variant], refs: list[str], auto_tag: bool) -> list[Variant]:
+    """Each command at each git ref: a variant named after the ref's `git describe` (prefixed with the
+    command's name when there are several commands), tagged with it."""
+    at_refs = []
+    for ref in refs:
+        commit = resolve_ref(ref)
+        if commit is None:
+            raise PlanError(f"--ref {ref}: no such git commit, branch or tag here")
+        described = git_tag(commit) or commit[:12]
+        for variant in variants:
+            name = described if len(variants) == 1 else f"{variant.name}@{described}"
+            at_refs.append(Variant(name, variant.command, ref, commit, (described,) if auto_tag else ()))
+    return _numbered(at_refs)
 
 
 def _local(args: LaunchArgs) -> LocalSettings:

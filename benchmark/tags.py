@@ -1,4 +1,4 @@
-"""What code a sweep ran: the git commit, and TRL's automatic W&B tags.
+"""What code a sweep ran: the git commit, TRL's automatic W&B tags, and the git refs of `--ref`.
 
 TRL's benchmark asked GitHub's API for the pull request of the commit, unauthenticated: rate limits
 and firewalls made that hang or fail. Here the PR number comes only from what is known locally.
@@ -13,10 +13,10 @@ import subprocess
 _GIT_TIMEOUT_S = 10
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, cwd: str | None = None) -> str | None:
     try:
         out = subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=_GIT_TIMEOUT_S, check=True
+            ["git", *args], capture_output=True, text=True, timeout=_GIT_TIMEOUT_S, check=True, cwd=cwd
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
@@ -27,13 +27,30 @@ def git_commit() -> str | None:
     return _git("rev-parse", "--verify", "HEAD")
 
 
-def git_tag() -> str | None:
-    """`git describe --tags`, else TRL's `no-tag-<commit count>-g<short hash>`."""
-    described = _git("describe", "--tags")
+def git_tag(ref: str = "HEAD") -> str | None:
+    """`git describe --tags REF`, else TRL's `no-tag-<commit count>-g<short hash>`."""
+    described = _git("describe", "--tags", ref)
     if described:
         return described
-    count, short = _git("rev-list", "--count", "HEAD"), _git("rev-parse", "--short", "HEAD")
+    count, short = _git("rev-list", "--count", ref), _git("rev-parse", "--short", ref)
     return f"no-tag-{count}-g{short}" if count and short else None
+
+
+def resolve_ref(ref: str) -> str | None:
+    """The commit a git ref (branch, tag, sha, HEAD~2) names, settled now; None if there is none."""
+    return _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+
+
+def add_worktree(repo: str, path: str, commit: str) -> str | None:
+    """Check `commit` out at `path` (`git worktree add --detach`); git's complaint, or None when done."""
+    try:
+        subprocess.run(["git", "worktree", "add", "--detach", path, commit], capture_output=True, text=True,
+                       timeout=_GIT_TIMEOUT_S * 6, check=True, cwd=repo)
+    except subprocess.CalledProcessError as error:
+        return error.stderr.strip() or f"git worktree add exited {error.returncode}"
+    except (OSError, subprocess.SubprocessError) as error:
+        return str(error)
+    return None
 
 
 def pr_number(explicit: int | None, environ: dict[str, str] | os._Environ[str] = os.environ) -> int | None:

@@ -11,6 +11,7 @@ settings are the plan's (`plan.backend`), so `resume` and `status` act exactly a
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from abc import ABC, abstractmethod
@@ -69,8 +70,13 @@ def variant_env(plan: Plan, run_dir: Path, variant: str, environ: Mapping[str, s
         "BENCHMARK_VARIANT": variant,
         "WANDB_RUN_GROUP": environ.get("WANDB_RUN_GROUP", variant),
     }
-    if plan.wandb_tags:
-        env["WANDB_TAGS"] = merge_wandb_tags(environ.get("WANDB_TAGS", ""), list(plan.wandb_tags))
+    at_ref = plan.variant(variant)
+    # A `--ref` variant carries its ref's tag, not the tags of the code that launched it.
+    if tags := at_ref.wandb_tags if at_ref.commit else plan.wandb_tags:
+        env["WANDB_TAGS"] = merge_wandb_tags(environ.get("WANDB_TAGS", ""), list(tags))
+    if at_ref.commit:  # `python -m pkg` and `python path/script.py` import the ref's code
+        workdir = str(plan.workdir(run_dir, variant))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (workdir, environ.get("PYTHONPATH")) if p)
     return env
 
 

@@ -120,8 +120,9 @@ class _Pool:
         self.pid = str(os.getpid())
         self.exit_dir = str(self.run_dir / EXIT_DIR)
         self.env = dict(os.environ)
-        self.variant_env = {v: variant_env(manifest.plan, self.run_dir, v, os.environ)
-                            for v in {record.variant for record in self.queue}}
+        variants = {record.variant for record in self.queue}
+        self.variant_env = {v: variant_env(manifest.plan, self.run_dir, v, os.environ) for v in variants}
+        self.workdir = {v: manifest.plan.workdir(self.run_dir, v) for v in variants}
         self.view = SweepView([manifest.jobs[i] for i in ids], self.redactor)
         (self.run_dir / EXIT_DIR).mkdir(exist_ok=True)
         for variant in self.variant_env:
@@ -192,7 +193,7 @@ class _Pool:
             process = subprocess.Popen(
                 ["/bin/sh", "-c", _WRAPPER, "sh", record.command, self.exit_dir, self.pid],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=env, cwd=self.manifest.plan.cwd, start_new_session=True,
+                env=env, cwd=self.workdir[record.variant], start_new_session=True,
             )
         # The harness reaps its children with os.wait(). A Popen that thinks its child still runs
         # would reap it behind our back (subprocess polls such objects), stealing the exit status.

@@ -186,7 +186,7 @@ class SlurmBackend(SlurmArrays):
         except (TemplateError, ValueError) as error:
             raise PlanError(str(error)) from None
         parsed = sbatch_script.parse(text)
-        return _Script(text, parsed, sbatch_script.log_patterns(parsed, Path(plan.cwd)))
+        return _Script(text, parsed, sbatch_script.log_patterns(parsed, plan.workdir(run_dir, variant)))
 
     def describe_array(self, run_dir: Path, variant: str, records: list[JobRecord], script: _Script) -> list[str]:
         lines = [f"# {w}" for w in ignored_directives(self.template, script.text, script.parsed)]
@@ -215,8 +215,10 @@ class SlurmBackend(SlurmArrays):
         # The variant's variables reach the tasks of any template through sbatch's environment
         # (--export=ALL, sbatch's default), TRL's own included, which exports none of them itself.
         env = os.environ | variant_env(manifest.plan, manifest.run_dir, variant, os.environ)
-        array = parse_job_id(run_slurm(["sbatch", "--parsable", "--hold", *options, str(path)],
-                                       cwd=manifest.plan.cwd, env=env))
+        # Run where the variant's jobs run: a relative path in the script means the same to both.
+        workdir = str(manifest.plan.workdir(manifest.run_dir, variant))
+        array = parse_job_id(run_slurm(["sbatch", "--parsable", "--hold", *options, str(path.resolve())],
+                                       cwd=workdir, env=env))
         # The log as Slurm names it; %j (the task's own job id) and %N are filled in by refresh.
         log, job_name = str(script.logs[0]), script.parsed.options.get("job-name") or path.name
         say(f"{variant}: submitted job array {array} ({len(records)} tasks), script {path}")

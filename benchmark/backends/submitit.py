@@ -132,7 +132,7 @@ class _SubmititArrays(ArrayBackend):
             extra = prepared["slurm_additional_parameters"] | {"exclude": ",".join(exclude)}
             prepared = prepared | {"slurm_additional_parameters": extra}
         executor.update_parameters(**prepared)
-        task = SeedCommand(manifest.plan.cwd, str(run_dir),
+        task = SeedCommand(str(manifest.plan.workdir(run_dir, variant)), str(run_dir),
                            variant_env(manifest.plan, run_dir, variant, os.environ))
         try:
             jobs = executor.map_array(task, [r.command for r in records], [task_env(r, os.environ) for r in records])

@@ -25,12 +25,14 @@ _NOT_STARTED = {harness.PENDING, harness.NOT_SUBMITTED}
 
 
 def run_files(manifest: Manifest) -> list[Path]:
-    """The sweep's offline run files. wandb writes `./wandb` under the jobs' working directory,
-    which the plan records (a WANDB_DIR inside the run dir is found too), and names each file after
-    its run's id: a shared folder is narrowed down to the ids the harness gave its jobs before
-    anything is decoded. When a job that started has none of its ids there, its run has an id the
+    """The sweep's offline run files. wandb writes `./wandb` under the jobs' working directory, which the
+    plan records (or a `--ref` variant's worktree; a WANDB_DIR inside the run dir is found too), and names
+    each file after its run's id: a shared folder is narrowed down to the ids the harness gave its jobs
+    before anything is decoded. When a job that started has none of its ids there, its run has an id the
     harness never knew, so every run there is read, for matching by group and seed."""
-    folders = dict.fromkeys([manifest.run_dir, Path(manifest.plan.cwd)])
+    plan = manifest.plan
+    worktrees = [plan.workdir(manifest.run_dir, v.name) for v in plan.variants if v.commit]
+    folders = dict.fromkeys([manifest.run_dir, Path(plan.cwd), *worktrees])
     files = [path for folder in folders for path in offline.find_run_files(folder)]
     on_disk = {offline.file_id(path) for path in files}
     jobs = manifest.jobs.values()
