@@ -1,4 +1,5 @@
-"""Report: seed-aggregated learning curves and a summary table from W&B runs, cloud or offline.
+"""Report: seed-aggregated learning curves and a summary table from W&B runs, cloud or offline; and
+`compare`, a statistical verdict between two selections of runs.
 
 Modules, in the order a report uses them:
   runs       the `Run` record every source produces, what they gathered, filters, grouping
@@ -9,7 +10,10 @@ Modules, in the order a report uses them:
   aggregate  seeds -> curves and final numbers
   figures    PNG + SVG per comparison
   summary    the table: md, csv, html, terminal
-  cli        `benchmark report` / `python -m benchmark.report`
+  cli        `benchmark report` / `python -m benchmark.report`, and the sources both commands read
+And `benchmark compare`:
+  verdict    two sides' final scores -> better / worse / equivalent / inconclusive, seeds needed
+  compare    the command: select both sides, judge each metric, write compare.md / .json / figure
 """
 
 from benchmark.report.cli import main
