@@ -249,7 +249,7 @@ class Plan:
     def from_json(cls, data: dict[str, Any]) -> Plan:
         if not isinstance(data.get("backend"), dict):
             raise ValueError("a plan written by the harness before its plan was typed (2026-12-01): this version "
-                             "cannot resume it; its logs and W&B runs are still there for `benchmark report --wandb-dir`")
+                             "cannot resume it; its logs and W&B runs are still there for `report --wandb-dir`")
         settings = dict(data["backend"])
         backend = _typed(_SETTINGS[settings.pop("name")], settings)
         variants = tuple(_typed(Variant, v) for v in data["variants"])
