@@ -31,7 +31,7 @@ def rich_console() -> Console:
     from rich.console import Console
 
     # Off a terminal rich would squeeze tables into 80 columns and cut the log paths.
-    return Console(highlight=False, soft_wrap=True, width=None if ON_TERMINAL else 200)
+    return Console(highlight=False, soft_wrap=True, width=None if ON_TERMINAL else 320)
 
 
 def say(message: object, style: str | None = None) -> None:

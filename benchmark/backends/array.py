@@ -169,16 +169,18 @@ class ArrayBackend(Backend):
         return final_summary(watched, manifest.run_dir, view.redactor, time.time() - view.started)
 
     def _refresh_and_save(self, manifest: Manifest, event: Callable[..., None]) -> None:
-        before = {id(r): r.state for r in manifest.records()}
+        before = {id(r): (r.state, r.message) for r in manifest.records()}
         note = self.refresh(manifest)
         if note:
             say(note)
-        changed = [r for r in manifest.records() if r.state != before[id(r)]]
+        changed = [r for r in manifest.records() if (r.state, r.message) != before[id(r)]]
         for record in changed:
             if record.state in NOT_RETRIED and manifest.plan.max_retries and isinstance(record, JobRecord):
                 record.message = f"not retried: {NOT_RETRIED[record.state]}"
             exit_code = f" (exit {record.exit_code})" if record.exit_code is not None else ""
-            event(record, record.state.lower() + exit_code, notable=record.state not in ACTIVE_STATES | {COMPLETED})
+            said = f": {record.message}" if record.message and record.message != before[id(record)][1] else ""
+            event(record, record.state.lower() + exit_code + said,
+                  notable=record.state not in ACTIVE_STATES | {COMPLETED} or bool(said))
         if changed:
             manifest.save(*changed, sync=False)
 

@@ -8,6 +8,7 @@ reader), else from `squeue` and the exit files every task writes, and `scancel`.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import getpass
 import os
@@ -38,6 +39,9 @@ from benchmark.templates import TemplateError, render
 from benchmark.view import say, say_error
 
 _TIMEOUT_S = 60
+# squeue's reasons for a pending job that no other job's end can lift: it never starts as submitted.
+_STUCK_REASONS = {"BadConstraints", "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "InvalidQOS",
+                  "InvalidAccount"}
 _SACCT_FIELDS = "JobID,JobIDRaw,State,ExitCode,NodeList,Start,End"
 
 
@@ -134,6 +138,9 @@ class SlurmArrays(ArrayBackend):
         except SlurmError as error:
             notes.append(f"sacct gave no states ({error}): reading squeue and the tasks' exit files instead")
             _apply_squeue(manifest.run_dir, active, _squeue_states(active))
+        if pending := [r for r in active if r.state == PENDING]:
+            with contextlib.suppress(SlurmError):  # the states stand; only the reasons are missing
+                _note_stuck(pending)
         # The command's own exit code is in its task's exit file (submitit's tasks end with 1 whatever it was).
         for record in (r for r in active if r.state not in ACTIVE_STATES):
             if written := read_exit_file(manifest.run_dir, record.scheduler_id or ""):
@@ -253,6 +260,18 @@ def _apply_sacct(records: list[Record]) -> None:
             # "code:signal"; a task killed by a signal reads as the shell would report it, 128 + signal.
             code, signum = (int(x or 0) for x in stats["ExitCode"].partition(":")[::2])
             record.exit_code = 128 + signum if signum and not code else code
+
+
+def _note_stuck(records: list[Record]) -> None:
+    """Say so in its record when a pending task can never start as asked (e.g. more CPUs per GPU than a
+    node has: TRL's default --slurm-total-cpus 50 on a small node), rather than wait for it in silence."""
+    arrays = sorted({array_id(r.scheduler_id or "") for r in records})
+    out = run_slurm(["squeue", "-h", "-r", "-o", "%i|%r", "-j", ",".join(arrays)])
+    reasons = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+    for record in records:
+        if (reason := reasons.get(record.scheduler_id or "")) in _STUCK_REASONS:
+            record.message = (f"pending for good: Slurm says {reason}, it cannot start as asked; cancel it "
+                              "(benchmark cancel RUN_DIR) and ask for less (--slurm-total-cpus, --slurm-gpus-per-task)")
 
 
 def _squeue_states(records: list[Record]) -> dict[str, tuple[str, str]]:

@@ -331,3 +331,15 @@ def test_a_task_whose_node_fails_is_retried_on_another_node(cwd: Path) -> None:
     assert job["state"] == "COMPLETED" and job["tries"][0]["state"] in ("NODE_FAIL", "FAILED")
     if job["tries"][0]["state"] == "NODE_FAIL":  # then it went in with --exclude of the failed node
         assert job["node"] != node, (job, node)
+
+
+def test_a_task_that_can_never_start_is_named_with_slurms_reason(cwd: Path) -> None:
+    # TRL's default of 50 CPUs for one GPU, on nodes of 8 CPUs: Slurm queues it and never starts it.
+    result = run_cli("--command", "greedy=true", "--num-seeds", "1", "--slurm-template-path", TEMPLATE,
+                     "--run-dir", "r", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    try:
+        wait_for(lambda: "pending for good: Slurm says BadConstraints" in status_rows(cwd), timeout=60,
+                 what="status to name the reason")
+    finally:
+        assert run_cli("cancel", "r", cwd=cwd).returncode == 0
