@@ -13,10 +13,10 @@ import subprocess
 _GIT_TIMEOUT_S = 10
 
 
-def _git(*args: str, cwd: str | None = None) -> str | None:
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", *args], capture_output=True, text=True, timeout=_GIT_TIMEOUT_S, check=True, cwd=cwd
+            ["git", *args], capture_output=True, text=True, timeout=_GIT_TIMEOUT_S, check=True
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None

@@ -99,11 +99,7 @@ class ArrayBackend(Backend):
             hold_followup = self.settings.wait and manifest.plan.max_retries > 0
             if not hold_followup and followup.scheduler_id:
                 arrays.append(followup.scheduler_id)
-        manifest.sync()
-        if arrays:
-            self.release(arrays)
-        for line in refused:
-            say_error(f"error: not submitted: {line}")
+        self._release(manifest, arrays, refused)
         code = 1 if refused else 0
         if self.settings.wait and any(r.scheduler_id for r in records):
             code = max(code, self._wait(manifest, [r for r in records if r.scheduler_id], hold_followup))
@@ -193,7 +189,10 @@ class ArrayBackend(Backend):
             if record.state == "NODE_FAIL" and record.node:
                 exclude.setdefault(record.variant, []).append(record.node)
             record.archive_try()
-        arrays, refused = self._submit(manifest, records, exclude)
+        self._release(manifest, *self._submit(manifest, records, exclude))
+
+    def _release(self, manifest: Manifest, arrays: list[str], refused: list[str]) -> None:
+        """Step 6, once every id is on disk; then the variants the scheduler refused, for the user."""
         manifest.sync()
         if arrays:
             self.release(arrays)

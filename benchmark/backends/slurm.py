@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 from benchmark import sbatch_script
 from benchmark.backends import BackendError, task_env, variant_env
@@ -68,11 +69,20 @@ def parse_job_id(out: str) -> str:
     return match[0]
 
 
+def _given(settings: ArraySettings, *names: str) -> list[str]:
+    """`--NAME=VALUE` for each of these settings that the user gave."""
+    return [f"--{name}={value}" for name in names if (value := getattr(settings, name))]
+
+
 def explicit_options(settings: ArraySettings) -> list[str]:
     """The flags the user gave, for sbatch's command line: they override the script's #SBATCH lines, so
     they apply even to a template that hardcodes its own (TRL's says --partition=hopper-prod)."""
-    given = [("--partition", settings.partition), ("--time", settings.time), ("--mem", settings.mem)]
-    return [f"{flag}={value}" for flag, value in given if value] + list(settings.extra)
+    return _given(settings, "partition", "time", "mem") + list(settings.extra)
+
+
+def _arrays(records: list[Record]) -> list[str]:
+    """The array jobs these tasks belong to, each once."""
+    return sorted({array_id(r.scheduler_id or "") for r in records})
 
 
 def ignored_directives(template: str, script: str, parsed: sbatch_script.BatchScript) -> list[str]:
@@ -103,14 +113,12 @@ class SlurmArrays(ArrayBackend):
 
     def submit_followup(self, manifest: Manifest, followup: FollowUpRecord, after: list[str]) -> None:
         """The follow-up command as one more job, held, after every array has ended however it ended."""
-        settings = self.settings
-        given = [("--partition", settings.partition), ("--time", settings.time)]
-        command = "\n".join([*settings.setup, followup.command])
+        command = "\n".join([*self.settings.setup, followup.command])
         (manifest.run_dir / "logs").mkdir(exist_ok=True)  # Slurm makes no folder for a log
         job_id = parse_job_id(run_slurm(
             ["sbatch", "--parsable", "--hold", f"--dependency=afterany:{':'.join(after)}", "--job-name=then",
              f"--output={manifest.run_dir.resolve() / 'logs' / 'then_%j.out'}",
-             *[f"{flag}={value}" for flag, value in given if value], "--wrap", command],
+             *_given(self.settings, "partition", "time"), "--wrap", command],
             cwd=manifest.plan.cwd, env=os.environ | {"BENCHMARK_RUN_DIR": str(manifest.run_dir.resolve())},
         ))
         followup.scheduler_id, followup.state, followup.log = job_id, PENDING, f"logs/then_{job_id}.out"
@@ -133,14 +141,16 @@ class SlurmArrays(ArrayBackend):
             run_slurm(["scontrol", "ping"])
         except SlurmError as error:
             notes.append(f"the Slurm controller is unreachable ({error}); states may be stale")
+        queued = None
         try:
             _apply_sacct(active)
         except SlurmError as error:
             notes.append(f"sacct gave no states ({error}): reading squeue and the tasks' exit files instead")
-            _apply_squeue(manifest.run_dir, active, _squeue_states(active))
+            queued = _squeue(active)
+            _apply_squeue(manifest.run_dir, active, queued)
         if pending := [r for r in active if r.state == PENDING]:
             with contextlib.suppress(SlurmError):  # the states stand; only the reasons are missing
-                _note_stuck(pending)
+                _note_stuck(pending, queued if queued is not None else _squeue(pending))
         # The command's own exit code is in its task's exit file (submitit's tasks end with 1 whatever it was).
         for record in (r for r in active if r.state not in ACTIVE_STATES):
             if written := read_exit_file(manifest.run_dir, record.scheduler_id or ""):
@@ -149,7 +159,7 @@ class SlurmArrays(ArrayBackend):
 
     def cancel(self, manifest: Manifest) -> int:
         active = [r for r in manifest.records() if r.scheduler_id and r.state in ACTIVE_STATES]
-        arrays = sorted({array_id(r.scheduler_id or "") for r in active})
+        arrays = _arrays(active)
         if not arrays:
             say("nothing to cancel: no task of this run is pending or running")
             return 0
@@ -234,8 +244,7 @@ class SlurmBackend(SlurmArrays):
 
 
 def _apply_sacct(records: list[Record]) -> None:
-    arrays = sorted({array_id(r.scheduler_id or "") for r in records})
-    out = run_slurm(["sacct", "-X", "--parsable2", "-o", _SACCT_FIELDS, "-j", ",".join(arrays)])
+    out = run_slurm(["sacct", "-X", "--parsable2", "-o", _SACCT_FIELDS, "-j", ",".join(_arrays(records))])
     # Imported here: submitit adds ~0.1 s to every start-up, and submitting needs no sacct.
     from submitit.slurm.slurm import SlurmInfoWatcher
 
@@ -262,32 +271,32 @@ def _apply_sacct(records: list[Record]) -> None:
             record.exit_code = 128 + signum if signum and not code else code
 
 
-def _note_stuck(records: list[Record]) -> None:
+def _note_stuck(records: list[Record], queued: dict[str, _Queued]) -> None:
     """Say so in its record when a pending task can never start as asked (e.g. more CPUs per GPU than a
     node has: TRL's default --slurm-total-cpus 50 on a small node), rather than wait for it in silence."""
-    arrays = sorted({array_id(r.scheduler_id or "") for r in records})
-    out = run_slurm(["squeue", "-h", "-r", "-o", "%i|%r", "-j", ",".join(arrays)])
-    reasons = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
     for record in records:
-        if (reason := reasons.get(record.scheduler_id or "")) in _STUCK_REASONS:
-            record.message = (f"pending for good: Slurm says {reason}, it cannot start as asked; cancel it "
+        task = queued.get(record.scheduler_id or "")
+        if task and task.reason in _STUCK_REASONS:
+            record.message = (f"pending for good: Slurm says {task.reason}, it cannot start as asked; cancel it "
                               "(benchmark cancel RUN_DIR) and ask for less (--slurm-total-cpus, --slurm-gpus-per-task)")
 
 
-def _squeue_states(records: list[Record]) -> dict[str, tuple[str, str]]:
-    arrays = sorted({array_id(r.scheduler_id or "") for r in records})
-    out = run_slurm(["squeue", "-h", "-r", "-o", "%i|%T|%N", "-j", ",".join(arrays)])
-    states = {}
-    for line in out.splitlines():
-        job_id, state, node = line.split("|")
-        states[job_id] = (state, node)
-    return states
+class _Queued(NamedTuple):
+    state: str
+    node: str
+    reason: str
 
 
-def _apply_squeue(run_dir: Path, records: list[Record], queued: dict[str, tuple[str, str]]) -> None:
+def _squeue(records: list[Record]) -> dict[str, _Queued]:
+    """What squeue says of these tasks (those still queued or running), by task id."""
+    out = run_slurm(["squeue", "-h", "-r", "-o", "%i|%T|%N|%r", "-j", ",".join(_arrays(records))])
+    return {job_id: _Queued(*rest) for job_id, *rest in (line.split("|", 3) for line in out.splitlines())}
+
+
+def _apply_squeue(run_dir: Path, records: list[Record], queued: dict[str, _Queued]) -> None:
     for record in records:
         if record.scheduler_id in queued:
-            record.state, node = queued[record.scheduler_id]
+            record.state, node, _ = queued[record.scheduler_id]
             record.node = node or record.node
         else:
             # Neither queued nor, without an exit file, ended as far as we can see: keep what we knew.
