@@ -197,6 +197,7 @@ def gather(args: Sources, filters: Filters) -> Found:
     if args.project and args.entity:
         found.add(cloud.fetch_runs(args.entity, args.project, filters, args.cache_dir, args.refresh))
     if manifest:
+        found.plan = manifest.plan
         found.runs, found.expected_seeds = rundir.match_jobs(manifest, found.runs)
     return found
 

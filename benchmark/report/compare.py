@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from benchmark import workload
-from benchmark.manifest import Manifest, ManifestError
+from benchmark.manifest import ManifestError
 from benchmark.report import figures
 from benchmark.report.aggregate import curve, final_value, series
 from benchmark.report.cli import Sources, gather
@@ -101,7 +101,7 @@ def run(args: CompareArgs, console: Console | None = None) -> int:
     usable = [run for run in found.runs if not run.history.empty
               and (args.include_crashed or run.state not in BROKEN_STATES)]
     # In a `--ref` sweep, a side may name the ref as it was given at launch (`main`, `HEAD`).
-    refs = {v.ref: v.name for v in Manifest.load(args.run_dir).plan.variants if v.ref} if args.run_dir else {}
+    refs = {v.ref: v.name for v in found.plan.variants if v.ref} if found.plan else {}
     sides = {side: select(usable, refs.get(selection, selection))
              for side, selection in (("baseline", args.baseline), ("candidate", args.candidate))}
     metrics = dict(direction_of(spec) for spec in args.metric)

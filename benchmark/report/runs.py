@@ -12,11 +12,14 @@ import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from benchmark import workload
+
+if TYPE_CHECKING:
+    from benchmark.plan import Plan
 
 # W&B's own run states. A run that stopped without saying so is "crashed" (W&B's word for a run
 # whose heartbeat stopped); "failed" ones exited non-zero. Neither may stand beside finished seeds
@@ -56,10 +59,11 @@ class Run:
 @dataclass
 class Found:
     """What the sources gathered: the runs, the problems met on the way, and (from a harness run
-    dir) the seeds each variant should have."""
+    dir) its plan and the seeds each variant should have."""
 
     runs: list[Run] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    plan: Plan | None = None
     expected_seeds: dict[str, list[int]] | None = None
 
     def add(self, runs: list[Run]) -> None:

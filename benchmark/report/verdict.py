@@ -65,11 +65,16 @@ def _delta(candidate: np.ndarray, baseline: np.ndarray, axis: int = -1) -> np.nd
     return np.mean(candidate, axis=axis) - np.mean(baseline, axis=axis)
 
 
-def _interval(statistic, candidate: np.ndarray, baseline: np.ndarray, level: float, seed: int) -> tuple[float, float]:
-    """Percentile bootstrap interval, each side resampled on its own (seeded: a verdict is reproducible)."""
-    result = stats.bootstrap((candidate, baseline), statistic, n_resamples=RESAMPLES, confidence_level=level,
-                             method="percentile", vectorized=True, random_state=seed)
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+def _resampled(statistic, candidate: np.ndarray, baseline: np.ndarray, seed: int) -> np.ndarray:
+    """The statistic over bootstrap resamples, each side resampled on its own (seeded: a verdict is reproducible)."""
+    return stats.bootstrap((candidate, baseline), statistic, n_resamples=RESAMPLES, method="percentile",
+                           vectorized=True, random_state=seed).bootstrap_distribution
+
+
+def _interval(resampled: np.ndarray, level: float) -> tuple[float, float]:
+    """The percentile interval at `level`, as scipy's bootstrap gives it, from one set of resamples."""
+    low, high = np.percentile(resampled, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
 
 
 def seeds_needed(baseline: np.ndarray, candidate: np.ndarray, epsilon: float, alpha: float) -> int | None:
@@ -132,10 +137,10 @@ def _one(
     alpha: float, p_welch: float, p_holm: float, seed: int,
 ) -> Comparison:
     delta = float(_delta(candidate, baseline))
-    ci = _interval(_delta, candidate, baseline, 1 - alpha, seed)
-    tost = _interval(_delta, candidate, baseline, 1 - 2 * alpha, seed)
+    deltas = _resampled(_delta, candidate, baseline, seed)
+    ci, tost = _interval(deltas, 1 - alpha), _interval(deltas, 1 - 2 * alpha)
     poi = float(prob_improvement(candidate, baseline))
-    poi_ci = _interval(prob_improvement, candidate, baseline, 1 - alpha, seed)
+    poi_ci = _interval(_resampled(prob_improvement, candidate, baseline, seed), 1 - alpha)
     significant = p_holm < alpha
     up = significant and ci[0] > 0 and poi_ci[0] > 0.5
     down = significant and ci[1] < 0 and poi_ci[1] < 0.5
