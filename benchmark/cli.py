@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -17,11 +18,22 @@ from typing import Annotated, Literal, Optional
 
 import tyro
 
-from benchmark.backends import Backend, BackendError, get_backend, name_wandb_run
-from benchmark.backends.local import log_path
-from benchmark.manifest import ACTIVE_STATES, COMPLETED, PENDING, FollowUpRecord, JobRecord, Manifest, ManifestError
-from benchmark.plan import PlanError, make_plan
-from benchmark.procs import claim_run_dir, live_harness
+from benchmark import engine
+from benchmark.backends import BackendError, get_scheduler, name_wandb_run
+from benchmark.engine import Sweep, fault_point
+from benchmark.manifest import (
+    COMPLETED,
+    HELD,
+    PENDING,
+    SUBMITTED_STATES,
+    FollowUpRecord,
+    JobRecord,
+    Manifest,
+    ManifestError,
+    RunDirBusy,
+    run_dir_owner,
+)
+from benchmark.plan import ArraySettings, LaunchRequest, PlanError, make_plan
 from benchmark.redact import Redactor, referenced_secrets
 from benchmark.tags import add_worktree
 from benchmark.view import say, say_error, status_table
@@ -106,6 +118,12 @@ class RunDirArgs:
 
 
 @dataclass
+class StatusArgs(RunDirArgs):
+    all: bool = False
+    """list every job; by default the counts per variant and state, then only the jobs not COMPLETED"""
+
+
+@dataclass
 class ResumeArgs(RunDirArgs):
     workers: Optional[int] = None
     """jobs at once (default: as launched)"""
@@ -118,7 +136,8 @@ def _default_run_dir(name: str) -> Path:
 
 
 def launch(args: LaunchArgs, argv: list[str]) -> int:
-    plan, secrets = make_plan(args, argv, Redactor())
+    request = LaunchRequest(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LaunchRequest)})
+    plan, secrets = make_plan(request, argv, Redactor())
     # Inline secrets reach the jobs through the environment; only `"$NAME"` is ever stored.
     os.environ.update(secrets)
     jobs = plan.jobs()
@@ -126,28 +145,31 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
         for job in jobs:  # TRL's behaviour: print the commands, run nothing
             print(job.command)
         return 0
-    records = [JobRecord.from_job(job, log_path(job.variant, job.seed, 1)) for job in jobs]
+    records = [JobRecord.from_job(job, log="") for job in jobs]
     for record in records:  # named now, so that --dry-run shows the W&B runs a launch would make
         name_wandb_run(record)
-    followup = FollowUpRecord(command=args.then) if args.then else None
+    then = plan.backend.then if isinstance(plan.backend, ArraySettings) else None
+    followup = FollowUpRecord(command=then) if then else None
     run_dir = args.run_dir or _default_run_dir(plan.variants[0].name)
-    backend = get_backend(plan)
+    scheduler = get_scheduler(plan, run_dir)
     # Describing renders every script: a bad template stops here, before anything is written.
-    description = backend.describe(run_dir, plan, records)
+    description = scheduler.describe(records)
+    for note in plan.notes():
+        say(note)
     if args.dry_run:
         say(description)
         return 0
 
     manifest = Manifest.create(run_dir, plan, records, followup)
     say(f"run dir {run_dir}: {len(plan.variants)} variant(s) x {len(plan.seeds)} seed(s)")
-    return _run(backend, manifest, [r.id for r in records])
+    fault_point("planned")
+    return _run(Sweep(manifest, scheduler))
 
 
-def _run(backend: Backend, manifest: Manifest, ids: list[str]) -> int:
-    claim_run_dir(manifest.run_dir)
-    _check_out_refs(manifest)
-    code = backend.launch(manifest, ids)
-    say(f"status: benchmark status {manifest.run_dir}")
+def _run(sweep: Sweep) -> int:
+    _check_out_refs(sweep.manifest)
+    code = sweep.run()
+    say(f"status: benchmark status {sweep.manifest.run_dir}")
     return code
 
 
@@ -161,60 +183,46 @@ def _check_out_refs(manifest: Manifest) -> None:
             say(f"{variant.name}: {variant.commit[:12]} checked out at {path}")
 
 
-def status(args: RunDirArgs) -> int:
+def status(args: StatusArgs) -> int:
     manifest = Manifest.load(args.run_dir)
-    note = get_backend(manifest.plan).refresh(manifest)
-    records = manifest.records()
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[record.state] = counts.get(record.state, 0) + 1
-    title = f"{args.run_dir}: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-    say(status_table(records, args.run_dir, title))
-    for record in records:
-        if record.message:
-            say(f"{record.id}: {record.message}")
-    if note:
+    notes = engine.current(manifest, get_scheduler(manifest.plan, manifest.run_dir))
+    # Not through say(): the lines come aligned and coloured, and rich would wrap them to the terminal.
+    print(status_table(manifest.records(), args.run_dir, every_job=args.all), flush=True)
+    for note in notes:
         say(note)
     return 0
 
 
 def resume(args: ResumeArgs) -> int:
-    manifest = Manifest.load(args.run_dir)
-    harness = live_harness(manifest.run_dir)
-    if harness is not None:
-        raise PlanError(f"{args.run_dir} is still being run by pid {harness}: wait for it or cancel it first")
+    """Run every job that has not completed; adopt, rather than rerun, what a dead harness left running."""
+    manifest = Manifest.load(args.run_dir, own=True)
     plan = manifest.plan
     if args.max_retries is not None:
+        if args.max_retries < 0:
+            raise PlanError(f"--max-retries must not be negative, got {args.max_retries}")
         plan = dataclasses.replace(plan, max_retries=args.max_retries)
     if args.workers is not None:
+        if args.workers < 1:
+            raise PlanError(f"resume --workers must be at least 1, got {args.workers}")
         plan = dataclasses.replace(plan, backend=dataclasses.replace(plan.backend, workers=args.workers))
     manifest.plan = plan  # for this resume only: the manifest keeps the launch's plan
-    backend = get_backend(plan)
-    states = {id(r): r.state for r in manifest.records()}
-    backend.refresh(manifest)
-    for record in manifest.records():
-        ended_badly = record.state not in ACTIVE_STATES and record.state != COMPLETED
-        if ended_badly and isinstance(record, JobRecord):
-            record.archive_try()
-        elif ended_badly and isinstance(record, FollowUpRecord):
-            record.reset()
-        if ended_badly or record.state != states[id(record)]:
-            manifest.save(record)
-    todo = [r for r in manifest.jobs.values() if _not_started(r)]
-    still_running = [r.id for r in manifest.jobs.values() if r.state in ACTIVE_STATES and not _not_started(r)]
-    if still_running:
-        say(f"left alone, still pending or running: {', '.join(still_running)}")
-    if not todo:
-        say(f"nothing to resume: {len(manifest.jobs) - len(still_running)} jobs completed")
+    sweep = Sweep(manifest, get_scheduler(plan, manifest.run_dir))
+    sweep.recover()
+    sweep.rerun_unfinished()
+    jobs = list(manifest.jobs.values())
+    todo = [r for r in jobs if r.state == PENDING]
+    submitted = [r for r in jobs if r.state in SUBMITTED_STATES]
+    if submitted:
+        shown = ", ".join(r.id for r in submitted[:10]) + (f" and {len(submitted) - 10} more" if len(submitted) > 10
+                                                           else "")
+        say(f"left alone, still queued or running: {shown}")
+    held = [r for r in manifest.records() if r.state in (HELD, PENDING)]
+    if not held and not (sweep.waiting and submitted):
+        say(f"nothing to resume: {sum(r.state == COMPLETED for r in jobs)} of {len(jobs)} jobs completed")
         return 0
     _warn_missing_secrets(manifest)
-    say(f"resuming {len(todo)} of {len(manifest.jobs)} jobs")
-    return _run(backend, manifest, [r.id for r in todo])
-
-
-def _not_started(record: JobRecord) -> bool:
-    """Neither run locally nor queued on Slurm (Slurm's PENDING means queued there)."""
-    return record.state == PENDING and record.scheduler_id is None
+    say(f"resuming {len(todo)} of {len(jobs)} jobs")
+    return _run(sweep)
 
 
 def _warn_missing_secrets(manifest: Manifest) -> None:
@@ -229,12 +237,24 @@ def _warn_missing_secrets(manifest: Manifest) -> None:
 
 
 def cancel(args: RunDirArgs) -> int:
+    """Ask the live harness to stop its sweep; with none, stop the run's jobs here."""
     manifest = Manifest.load(args.run_dir)
-    return get_backend(manifest.plan).cancel(manifest)
+    try:
+        manifest = Manifest.load(args.run_dir, own=True)
+    except RunDirBusy:
+        owner = run_dir_owner(args.run_dir)
+        if owner is None:  # it ended in the meantime
+            return cancel(args)
+        os.kill(owner[0], signal.SIGUSR1)
+        say(f"asked the harness (pid {owner[0]}) to stop; it cancels the run's jobs")
+        return 0
+    cancelled = engine.cancel(manifest, get_scheduler(manifest.plan, manifest.run_dir))
+    say(f"cancelled {len(cancelled)} job(s)")
+    return 0
 
 
 _LAUNCH_DESCRIPTION = "Run a command across seeds (and variants), locally or on Slurm, and record every job."
-_SUBCOMMANDS = {"status": (RunDirArgs, status), "resume": (ResumeArgs, resume), "cancel": (RunDirArgs, cancel)}
+_SUBCOMMANDS = {"status": (StatusArgs, status), "resume": (ResumeArgs, resume), "cancel": (RunDirArgs, cancel)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,3 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     except (PlanError, ManifestError, BackendError) as error:
         say_error(f"error: {error}")
         return 2
+    except OSError as error:  # an unreadable run dir, a full disk: the system's words, no traceback
+        if isinstance(error, BrokenPipeError):  # `benchmark status RUN | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        where = f" ({error.filename})" if error.filename else ""
+        say_error(f"error: {error.strerror or error}{where}")
+        return 2
+    except KeyboardInterrupt:
+        say_error("interrupted")
+        return 130

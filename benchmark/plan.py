@@ -9,6 +9,7 @@ No job is started and nothing is written here.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import shlex
@@ -18,14 +19,13 @@ import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from benchmark.redact import Redactor
 from benchmark.tags import auto_tags, git_commit, git_tag, pr_number, resolve_ref
 from benchmark.workload import EXP_NAME_FLAGS
 
-if TYPE_CHECKING:
-    from benchmark.cli import LaunchArgs
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "trl.slurm_template"
 
 # `name=python train.py ...` names a variant explicitly. Upper-case names are left alone because
 # `CUDA_LAUNCH_BLOCKING=1 python ...` is an environment assignment, not a variant name.
@@ -35,6 +35,8 @@ _SLUG_MAX = 40
 _LAUNCHERS = {"-m", "srun", "accelerate", "launch", "torchrun"}
 _PYTHON = re.compile(r"python[0-9.]*")
 _ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+# Characters that end a word for bash, outside quotes.
+_METACHARACTERS = " \t\n;&|()<>"
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,14 @@ class Job:
 
 class PlanError(ValueError):
     """A plan that cannot be run; the message is for the user."""
+
+
+def variant_folder(name: str) -> str:
+    """The variant's name as one path component, for its logs, batch scripts and exit files: letters,
+    digits and `._+-` kept, any other character `_`, and so are leading dots: never hidden, `.` or `..`."""
+    folder = "".join(c if c.isalnum() or c in "._+-" else "_" for c in name)
+    dots = len(folder) - len(folder.lstrip("."))
+    return "_" * dots + folder[dots:] or "_"
 
 
 def parse_variant(spec: str) -> Variant:
@@ -132,6 +142,55 @@ def seeds(start_seed: int, num_seeds: int) -> list[int]:
     if start_seed < 0:
         raise PlanError(f"--start-seed must not be negative, got {start_seed}")
     return list(range(start_seed, start_seed + num_seeds))
+
+
+def _scan(command: str) -> tuple[int, int | None]:
+    """Where the last simple command of `command` starts (0: it is one), and where a comment starts (None:
+    none), as bash reads them: outside quotes, backquotes and parentheses (`$(...)`, subshells)."""
+    start, depth, quote, i = 0, 0, "", 0
+    word_start = True
+    while i < len(command):
+        c = command[i]
+        at_word_start, word_start = word_start, False
+        if quote:
+            if c == "\\" and quote != "'":
+                i += 1
+            elif c == quote:
+                quote = ""
+        elif c == "\\":
+            i += 1  # the next character is a literal one (a newline: a continued line)
+        elif c in "'\"`":
+            quote = c
+        elif c == "#" and at_word_start and depth == 0:  # bash's comments begin a word; `a#b` is no comment
+            return start, i
+        elif c in _METACHARACTERS:
+            word_start = True
+            depth = max(depth + (c == "(") - (c == ")"), 0)
+            # `2>&1`, `<&0`, `>|` and `&>` are redirections, not operators.
+            redirection = (c in "&|" and command[i - 1 : i] in ("<", ">")) or command[i : i + 2] == "&>"
+            if depth == 0 and c in ";&|\n" and not redirection:
+                i += command[i : i + 2] in ("&&", "||", "|&", ";;")
+                start = i + 1
+        i += 1
+    return start, None
+
+
+def seed_target(command: str) -> str | None:
+    """Where `command` is several simple commands (`a | b`, `a && b`, `a; b`, `a & b`), the last one, as
+    text: the one the seed flag appended to `command` goes to. None for a single simple command."""
+    start, _ = _scan(command)
+    return command[start:].strip() if start else None
+
+
+def _check_seed_flag(variant: Variant) -> None:
+    """The seed flag is appended to the command as text: refuse a command that would lose it."""
+    start, comment = _scan(variant.command)
+    if comment is not None:
+        raise PlanError(f"{variant.name}: the command's shell comment {variant.command[comment:]!r} would swallow "
+                        "the seed flag appended to it: put the command in a wrapper script, or drop the comment")
+    if start and not variant.command[start:].strip():
+        raise PlanError(f"{variant.name}: the command ends with {variant.command.rstrip()[-1]!r}, so the seed flag "
+                        "appended to it would run on its own, as a command: drop it, or use a wrapper script")
 
 
 def expand(variants: list[Variant], seed_list: list[int], seed_flag: str) -> list[Job]:
@@ -236,6 +295,13 @@ class Plan:
     def command_of(self, variant: str) -> str:
         return self.variant(variant).command
 
+    def notes(self) -> list[str]:
+        """What the user may not expect of this plan, a line each, for the dry run and the launch."""
+        if not self.seed_flag:
+            return []
+        return [f"note: {v.name}: `{self.seed_flag} {self.seeds[0]}` goes to the last command only: `{target}`"
+                for v in self.variants if (target := seed_target(v.command))]
+
     def workdir(self, run_dir: Path, variant: str) -> Path:
         """Where the variant's jobs run: its ref's worktree under the run dir, else the launch's folder."""
         return run_dir.resolve() / "refs" / variant if self.variant(variant).commit else Path(self.cwd)
@@ -270,33 +336,82 @@ def _typed(cls: type, data: dict[str, Any]) -> Any:
     return cls(**values)
 
 
-def make_plan(args: LaunchArgs, argv: list[str], redactor: Redactor) -> tuple[Plan, dict[str, str]]:
-    """The checked plan of a launch, and the secrets lifted out of its commands: the jobs take them
-    from the environment, and only `"$NAME"` is ever stored."""
-    variants, lifted = [], {}
-    for variant in make_variants(list(args.command)):
-        command, found = redactor.command(variant.command)
-        lifted |= found
-        variants.append(Variant(variant.name, command))
-    if args.ref:
-        variants = _at_refs(variants, list(args.ref), args.auto_tag)
-    seed_list = seeds(args.start_seed, args.num_seeds)
-    if args.workers < 0:
-        raise PlanError(f"--workers must not be negative, got {args.workers}")
-    if args.max_retries < 0:
-        raise PlanError(f"--max-retries must not be negative, got {args.max_retries}")
-    backend = args.backend if args.backend != "auto" else ("slurm" if args.slurm_template_path else "local")
-    settings = _local(args) if backend == "local" else _array(args, backend)
-    if args.then and (isinstance(settings, LocalSettings) or getattr(settings, "cluster", None) == "local"):
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What a launch asks for: the CLI's flags that make a plan, with the CLI's names and defaults."""
+
+    command: tuple[str, ...] = ()
+    num_seeds: int = 3
+    start_seed: int = 1
+    workers: int = 0
+    auto_tag: bool = True
+    slurm_template_path: str | None = None
+    slurm_gpus_per_task: int | None = 1
+    slurm_total_cpus: int | None = 50
+    slurm_ntasks: int | None = 1
+    slurm_nodes: int | None = None
+    ref: tuple[str, ...] = ()
+    seed_flag: str = "--seed"
+    gpus: str | None = None
+    gpus_per_job: int = 1
+    jobs_per_gpu: int = 1
+    max_retries: int = 0
+    pr: int | None = None
+    grace_period: float = 10.0
+    backend: Literal["auto", "local", "slurm", "submitit"] = "auto"
+    submitit_cluster: Literal["auto", "slurm", "local"] = "auto"
+    slurm_partition: str | None = None
+    slurm_time: str | None = None
+    slurm_mem: str | None = None
+    slurm_extra: tuple[str, ...] = ()
+    slurm_setup: tuple[str, ...] = ()
+    then: str | None = None
+    wait: bool = False
+    poll_interval: float = 5.0
+
+
+def make_plan(request: LaunchRequest, argv: list[str], redactor: Redactor) -> tuple[Plan, dict[str, str]]:
+    """The checked plan of a launch, and the secrets lifted out of its commands, setup lines and follow-up:
+    the jobs take them from the environment, and only `"$NAME"` is ever stored."""
+    lifted: dict[str, str] = {}
+
+    def stored(text: str) -> str:
+        command, found = redactor.command(text)
+        lifted.update(found)
+        return command
+
+    variants = [dataclasses.replace(v, command=stored(v.command)) for v in make_variants(list(request.command))]
+    # Whatever the backend: the redactor must know every inline secret before argv is masked.
+    setup = tuple(stored(line) for line in request.slurm_setup)
+    then = stored(request.then) if request.then else None
+    if request.ref:
+        variants = _at_refs(variants, list(request.ref), request.auto_tag)
+    _check_names(variants)
+    if request.seed_flag:
+        for variant in variants:
+            _check_seed_flag(variant)
+    seed_list = seeds(request.start_seed, request.num_seeds)
+    if request.workers < 0:
+        raise PlanError(f"--workers must not be negative, got {request.workers}")
+    if request.max_retries < 0:
+        raise PlanError(f"--max-retries must not be negative, got {request.max_retries}")
+    # `not x >= 0` also catches NaN; an infinite wait is never meant.
+    if not 0 <= request.grace_period < math.inf:
+        raise PlanError(f"--grace-period must be a number of seconds >= 0, got {request.grace_period}")
+    if not 0 < request.poll_interval < math.inf:
+        raise PlanError(f"--poll-interval must be a number of seconds > 0, got {request.poll_interval}")
+    backend = request.backend if request.backend != "auto" else ("slurm" if request.slurm_template_path else "local")
+    settings = _local(request) if backend == "local" else _array(request, backend, setup, then)
+    if then and (isinstance(settings, LocalSettings) or getattr(settings, "cluster", None) == "local"):
         raise PlanError("--then needs Slurm: a local pool or submitit's local executor knows no dependencies")
     plan = Plan(
         variants=tuple(variants),
         seeds=tuple(seed_list),
         backend=settings,
-        seed_flag=args.seed_flag,
-        wandb_tags=tuple(auto_tags(pr_number(args.pr)) if args.auto_tag else ()),
-        max_retries=args.max_retries,
-        grace_period=args.grace_period,
+        seed_flag=request.seed_flag,
+        wandb_tags=tuple(auto_tags(pr_number(request.pr)) if request.auto_tag else ()),
+        max_retries=request.max_retries,
+        grace_period=request.grace_period,
         cwd=os.getcwd(),
         argv=tuple(redactor.text(a) for a in argv),
         created=time.time(),
@@ -304,6 +419,20 @@ def make_plan(args: LaunchArgs, argv: list[str], redactor: Redactor) -> tuple[Pl
         git_commit=git_commit(),
     )
     return plan, lifted
+
+
+def _check_names(variants: list[Variant]) -> None:
+    """Each variant needs a folder of its own (logs, scripts, exit files) and a name that prints on one line."""
+    folders: dict[str, str] = {}
+    for variant in variants:
+        if not variant.name.isprintable():
+            raise PlanError(f"the variant name {variant.name!r} has a control character: name the variant "
+                            "explicitly, e.g. --command 'name=python train.py ...'")
+        folder = variant_folder(variant.name)
+        if folder in folders:
+            raise PlanError(f"the variants {folders[folder]!r} and {variant.name!r} would share the folder {folder}: "
+                            "name them apart, e.g. --command 'name=python train.py ...'")
+        folders[folder] = variant.name
 
 
 def _at_refs(variants: list[Variant], refs: list[str], auto_tag: bool) -> list[Variant]:
@@ -321,44 +450,46 @@ def _at_refs(variants: list[Variant], refs: list[str], auto_tag: bool) -> list[V
     return _numbered(at_refs)
 
 
-def _local(args: LaunchArgs) -> LocalSettings:
+def _local(request: LaunchRequest) -> LocalSettings:
     """Check the pool's settings against this machine before anything starts."""
-    if args.workers == 0:
+    if request.workers == 0:
         return LocalSettings(workers=0)  # TRL's behaviour: the commands are printed, nothing runs
-    gpus = detect_gpus(args.gpus)
-    if args.jobs_per_gpu < 1:
-        raise PlanError(f"--jobs-per-gpu must be at least 1, got {args.jobs_per_gpu}")
-    if gpus and args.gpus_per_job > len(gpus):
-        raise PlanError(f"each job asks for {args.gpus_per_job} GPUs but only {len(gpus)} exist: {','.join(gpus)}")
-    if gpus and args.gpus_per_job < 1:
-        raise PlanError(f"--gpus-per-job must be at least 1 where GPUs exist, got {args.gpus_per_job}")
-    return LocalSettings(args.workers, tuple(gpus), args.gpus_per_job if gpus else 0, args.jobs_per_gpu)
+    gpus = detect_gpus(request.gpus)
+    if request.jobs_per_gpu < 1:
+        raise PlanError(f"--jobs-per-gpu must be at least 1, got {request.jobs_per_gpu}")
+    if gpus and request.gpus_per_job > len(gpus):
+        raise PlanError(f"each job asks for {request.gpus_per_job} GPUs but only {len(gpus)} exist: {','.join(gpus)}")
+    if gpus and request.gpus_per_job < 1:
+        raise PlanError(f"--gpus-per-job must be at least 1 where GPUs exist, got {request.gpus_per_job}")
+    return LocalSettings(request.workers, tuple(gpus), request.gpus_per_job if gpus else 0, request.jobs_per_gpu)
 
 
-def _array(args: LaunchArgs, backend: str) -> SlurmSettings | SubmititSettings:
+def _array(
+    request: LaunchRequest, backend: str, setup: tuple[str, ...], then: str | None
+) -> SlurmSettings | SubmititSettings:
     common = ArraySettings(
-        workers=args.workers,
-        gpus_per_task=args.slurm_gpus_per_task or 0,
-        total_cpus=args.slurm_total_cpus or 1,
-        ntasks=args.slurm_ntasks or 1,
-        nodes=args.slurm_nodes,
-        partition=args.slurm_partition,
-        time=args.slurm_time,
-        mem=args.slurm_mem,
-        extra=tuple(args.slurm_extra),
-        setup=tuple(args.slurm_setup),
-        then=args.then,
-        wait=args.wait,
-        poll_interval=args.poll_interval,
+        workers=request.workers,
+        gpus_per_task=request.slurm_gpus_per_task or 0,
+        total_cpus=request.slurm_total_cpus or 1,
+        ntasks=request.slurm_ntasks or 1,
+        nodes=request.slurm_nodes,
+        partition=request.slurm_partition,
+        time=request.slurm_time,
+        mem=request.slurm_mem,
+        extra=tuple(request.slurm_extra),
+        setup=setup,
+        then=then,
+        wait=request.wait,
+        poll_interval=request.poll_interval,
     )
     fields_ = {f.name: getattr(common, f.name) for f in dataclasses.fields(common)}
     if backend == "submitit":
         # Settled now, not at every `status`: a later shell without srun must not turn Slurm tasks LOST.
-        cluster = args.submitit_cluster if args.submitit_cluster != "auto" else _submitit_detects()
+        cluster = request.submitit_cluster if request.submitit_cluster != "auto" else _submitit_detects()
         return SubmititSettings(**fields_, cluster=cluster)
-    from benchmark.templates import DEFAULT_TEMPLATE  # jinja2 is imported only where templates are
-
-    template = args.slurm_template_path or str(DEFAULT_TEMPLATE)
+    template = request.slurm_template_path or str(DEFAULT_TEMPLATE)
+    if os.path.isdir(template):
+        raise PlanError(f"--slurm-template-path {template}: is a directory, not a template file")
     if not os.path.isfile(template):
         raise PlanError(f"--slurm-template-path {template}: no such file")
     return SlurmSettings(**fields_, template=os.path.abspath(template))

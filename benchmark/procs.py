@@ -6,9 +6,8 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-
-_HARNESS_PID = "harness.pid"
 
 
 def process_start(pid: int) -> int | None:
@@ -29,21 +28,6 @@ def is_alive(pid: int | None, start: int | None) -> bool:
     return pid is not None and start is not None and process_start(pid) == start
 
 
-def claim_run_dir(run_dir: Path) -> None:
-    """Record this process as the run dir's harness, for `cancel` and for `resume` to refuse."""
-    pid = os.getpid()
-    (run_dir / _HARNESS_PID).write_text(f"{pid} {process_start(pid)}\n")
-
-
-def live_harness(run_dir: Path) -> int | None:
-    """The pid of another live harness process working on this run dir, if any."""
-    try:
-        pid, start = map(int, (run_dir / _HARNESS_PID).read_text().split())
-    except (OSError, ValueError):
-        return None
-    return pid if pid != os.getpid() and is_alive(pid, start) else None
-
-
 def _descendants(roots: list[int]) -> list[int]:
     """The processes under `roots`, from /proc: each parent's children, breadth first."""
     children: dict[int, list[int]] = {}
@@ -59,10 +43,11 @@ def _descendants(roots: list[int]) -> list[int]:
     return tree[len(roots):]
 
 
-def stop_process_trees(roots: list[int], grace: float) -> None:
+def stop_process_trees(roots: list[int], grace: float, hurry: Callable[[], bool] | None = None) -> None:
     """Stop each root and everything it started: SIGTERM to its process group and to each of its
-    descendants, then SIGKILL to whatever is left after `grace` seconds. Descendants are known by pid
-    and start time, so a pid reused in the meantime is never hit."""
+    descendants, then SIGKILL to whatever is left after `grace` seconds, or as soon as `hurry()` says so
+    (a second Ctrl-C). Descendants are known by pid and start time, so a pid reused in the meantime is
+    never hit."""
     members = {pid: process_start(pid) for pid in [*roots, *_descendants(roots)]}
     members = {pid: start for pid, start in members.items() if start is not None}
 
@@ -78,5 +63,7 @@ def stop_process_trees(roots: list[int], grace: float) -> None:
     signal_all(signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(process_start(pid) == start for pid, start in members.items()):
+        if hurry and hurry():
+            break
         time.sleep(0.05)
     signal_all(signal.SIGKILL)

@@ -18,8 +18,8 @@ import jinja2.nodes
 from jinja2 import meta
 
 from benchmark.manifest import EXIT_DIR
+from benchmark.plan import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE  # re-exported: the template a plan defaults to
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "trl.slurm_template"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

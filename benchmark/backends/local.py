@@ -1,47 +1,49 @@
-"""Local backend: a pool of at most `workers` subprocesses, each on its own GPU(s).
+"""The local pool as a scheduler: at most `workers` processes at once, each on its own GPU(s).
 
-Each job runs through a tiny sh wrapper that writes the job's exit code to RUN_DIR/exit/<pid> when
-the harness is gone, so a job that outlives a killed harness still records how it ended. Each job is
-its own process group, so stopping a job stops everything it started.
+Each try is named by its token, which is also its scheduler id. Before the wrapper of a try is
+spawned, the harness takes `RUN_DIR/locks/<token>` (flock) and hands the locked file to it; the
+wrapper holds it until it exits, writes its pid into it, and writes the command's exit code to
+`RUN_DIR/exit/<token>` before it exits. So, for any harness, live or new:
+
+    lock held                  the try runs (whoever started it): wait for it, never start it again
+    lock free, exit file       it ended with that code
+    lock free, no exit file    it never started (SUBMITTING), or died without a word (LOST)
+
+The kernel frees a lock when its holder dies, before the holder is reaped, so no zombie, and no pid
+reused by another process, ever passes for a running job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-import signal
+import select
 import subprocess
 import time
-from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from benchmark.backends import Backend, name_wandb_run, settle_process, task_env, variant_env
-from benchmark.manifest import CANCELLED, COMPLETED, EXIT_DIR, FAILED, RUNNING, JobRecord, Manifest, exit_file
+from benchmark.backends import Scheduler, log_path, task_env, variant_env
+from benchmark.manifest import EXIT_DIR, LOST, RUNNING, SUBMITTING, JobRecord, Record, lock_is_free
 from benchmark.plan import LocalSettings, Plan
-from benchmark.procs import is_alive, live_harness, process_start, stop_process_trees
-from benchmark.redact import Redactor
-from benchmark.view import SweepView, final_summary, say
+from benchmark.procs import stop_process_trees
 
-# `eval "$1"` runs the command exactly as `sh -c` would; the EXIT trap writes its exit code (to
-# $2/<its pid>) even when the command itself calls `exit`, but only if the harness ($3) is gone: a
-# live one records it from wait(), and a file per job costs a file creation (up to 1 ms on a busy
-# ext4, a round trip on NFS). A job that ends in the very moment the harness dies is LOST, and resumed.
-_WRAPPER = 'trap \'code=$?; kill -0 "$3" 2>/dev/null || echo $code > "$2/$$"\' EXIT; eval "$1"'
-_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-class Interrupted(Exception):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+LOCK_DIR = "locks"
+# bash -c WRAPPER bash COMMAND EXIT_FILE LOCK_FD: the wrapper notes its pid in the lock it was handed,
+# runs the command as `bash -c` would (the command does not inherit the lock: a daemon it leaves behind
+# must not pass for the job), and writes the command's exit code, even when the command calls `exit`.
+_WRAPPER = 'lock=$3; echo $$ >&$lock; trap \'echo $? > "$2"\' EXIT; eval "$1" {lock}>&-'
 
 
 class GpuSlots:
     """Which GPUs are free: each GPU takes at most `jobs_per_gpu` jobs at once."""
 
-    def __init__(self, gpus: list[str], jobs_per_gpu: int) -> None:
+    def __init__(self, gpus: list[str], jobs_per_gpu: int, taken: list[str]) -> None:
         self.free = Counter({gpu: jobs_per_gpu for gpu in gpus})
+        self.free.subtract(gpu for gpu in taken if gpu in self.free)
 
     def take(self, count: int) -> list[str] | None:
         # Fill the emptiest GPUs first, so jobs spread out before they double up.
@@ -51,196 +53,144 @@ class GpuSlots:
         self.free.subtract(chosen)
         return chosen
 
-    def give_back(self, gpus: list[str]) -> None:
-        self.free.update(gpus)
 
+class LocalPool(Scheduler):
+    parallel_submit = True  # while one start waits for its child to exec, the others go on
 
-def log_dir(variant: str) -> str:
-    """The variant's folder of logs, relative to the run dir."""
-    return "logs/" + "".join(c if c.isalnum() or c in "._+-" else "_" for c in variant)
-
-
-def log_path(variant: str, seed: int, try_number: int) -> str:
-    suffix = f".try{try_number}" if try_number > 1 else ""
-    return f"{log_dir(variant)}/seed-{seed}{suffix}.log"
-
-
-class LocalBackend(Backend):
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, run_dir: Path) -> None:
+        super().__init__(plan, run_dir)
         assert isinstance(plan.backend, LocalSettings)
         self.settings = plan.backend
+        self.children: dict[str, subprocess.Popen[bytes]] = {}  # by token: the tries this process spawned
 
-    def describe(self, run_dir: Path, plan: Plan, records: list[JobRecord]) -> str:
+    def describe(self, records: list[JobRecord]) -> str:
         settings, width = self.settings, self.settings.concurrency
-        slots = GpuSlots(list(settings.gpus), settings.jobs_per_gpu)
+        slots = GpuSlots(list(settings.gpus), settings.jobs_per_gpu, [])
         lines = [f"local pool: {width} at a time, GPUs: {','.join(settings.gpus) or 'none'}"]
         for i, record in enumerate(records):
             # The first wave's GPUs are known; later jobs take whichever GPUs free up first.
             gpus = slots.take(settings.gpus_per_job) if settings.gpus and i < width else None
             where = f"gpu {','.join(gpus)}" if gpus else ("next free gpu" if settings.gpus else "no gpu")
-            lines.append(f"{record.id}  [{where}]  log {run_dir / record.log}\n  $ {record.command}")
+            log = self.run_dir / log_path(record.variant, record.seed, len(record.tries) + 1)
+            lines.append(f"{record.id}  [{where}]  log {log}\n  $ {record.command}")
         return "\n".join(lines)
 
-    def launch(self, manifest: Manifest, ids: list[str]) -> int:
-        return _Pool(manifest, self.settings, ids).run()
+    def notes(self) -> list[str]:
+        if self.settings.concurrency < self.settings.workers:
+            return [f"running {self.settings.concurrency} at a time: that is as many jobs as the GPUs take"]
+        return []
 
-    def refresh(self, manifest: Manifest) -> str | None:
-        for record in manifest.jobs.values():
-            if record.state == RUNNING and not is_alive(record.pid, record.pid_start):
-                settle_process(manifest.run_dir, record)
-        return None
-
-    def cancel(self, manifest: Manifest) -> int:
-        harness = live_harness(manifest.run_dir)
-        if harness:
-            # The live harness stops its own jobs and records them: the same path as Ctrl-C.
-            os.kill(harness, signal.SIGTERM)
-            say(f"asked the harness (pid {harness}) to stop; it cancels its running jobs")
-            return 0
-        victims = [r for r in manifest.jobs.values() if r.state == RUNNING and is_alive(r.pid, r.pid_start)]
-        stop_process_trees([r.pid for r in victims if r.pid], manifest.plan.grace_period)
-        for record in victims:
-            record.state, record.end = CANCELLED, time.time()
-        manifest.save(*victims)
-        say(f"cancelled {len(victims)} running job(s)")
-        return 0
-
-
-class _Pool:
-    def __init__(self, manifest: Manifest, settings: LocalSettings, ids: list[str]) -> None:
-        self.manifest = manifest
-        self.run_dir = manifest.run_dir
-        self.settings = settings
-        self.width = settings.concurrency
-        self.slots = GpuSlots(list(settings.gpus), settings.jobs_per_gpu)
-        self.queue = deque(manifest.jobs[i] for i in ids)
-        self.running: dict[int, tuple[JobRecord, list[str]]] = {}
-        self.starter = ThreadPoolExecutor(max_workers=self.width, thread_name_prefix="benchmark-start")
-        self.redactor = Redactor()
-        self.pid = str(os.getpid())
-        self.exit_dir = str(self.run_dir / EXIT_DIR)
-        self.env = dict(os.environ)
-        variants = {record.variant for record in self.queue}
-        self.variant_env = {v: variant_env(manifest.plan, self.run_dir, v, os.environ) for v in variants}
-        self.workdir = {v: manifest.plan.workdir(self.run_dir, v) for v in variants}
-        self.view = SweepView([manifest.jobs[i] for i in ids], self.redactor)
-        (self.run_dir / EXIT_DIR).mkdir(exist_ok=True)
-        for variant in self.variant_env:
-            (self.run_dir / log_dir(variant)).mkdir(parents=True, exist_ok=True)
-
-    def run(self) -> int:
-        if self.width < self.settings.workers:
-            say(f"running {self.width} at a time: that is as many jobs as the GPUs take")
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        previous = signal.signal(signal.SIGTERM, _raise_interrupted)
-        try:
-            with self.view:
-                self._loop()
-        except (KeyboardInterrupt, Interrupted) as stop:
-            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-            signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
-            self._stop_all(signal.Signals(signum).name)
-            return 128 + signum
-        finally:
-            self.starter.shutdown()
-            signal.signal(signal.SIGTERM, previous)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        return self._summary()
-
-    def _loop(self) -> None:
-        # Signals are blocked while records change and let through only while waiting, so a Ctrl-C
-        # never falls between starting a process and recording its pid.
-        while self.queue or self.running:
-            self._start_wave()
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-            ended = [os.wait()]
-            signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-            ended += _ended_children()
-            finished = [self._finish(pid, os.waitstatus_to_exitcode(status)) for pid, status in ended
-                        if pid in self.running]
-            self.manifest.save(*finished, sync=False)
-
-    def _start_wave(self) -> None:
-        """Start as many queued jobs as slots allow, recorded durably (one fsync) before any runs."""
-        wave: list[tuple[JobRecord, list[str]]] = []
-        while self.queue and len(self.running) + len(wave) < self.width:
-            gpus = self.slots.take(self.settings.gpus_per_job) if self.settings.gpus else []
+    def batches(self, pending: list[JobRecord], active: list[JobRecord]) -> list[list[JobRecord]]:
+        """One job per submission, as many as free workers and GPUs allow; each job's GPUs chosen now."""
+        running = [r for r in active if r.state in (RUNNING, SUBMITTING)]
+        slots = GpuSlots(list(self.settings.gpus), self.settings.jobs_per_gpu,
+                         [gpu for r in running if r.gpus for gpu in r.gpus.split(",")])
+        batches = []
+        for record in pending[: max(0, self.settings.concurrency - len(running))]:
+            gpus = slots.take(self.settings.gpus_per_job) if self.settings.gpus else []
             if gpus is None:
                 break
-            record = self.queue.popleft()
+            record.gpus = ",".join(gpus) or None
             record.log = log_path(record.variant, record.seed, len(record.tries) + 1)
-            record.state, record.start, record.gpus = RUNNING, time.time(), ",".join(gpus) or None
-            name_wandb_run(record)
-            wave.append((record, gpus))
-        if not wave:
-            return
-        records = [record for record, _ in wave]
-        self.manifest.save(*records)
-        # Started from threads, as TRL's pool does: while one start waits for its child to exec, the
-        # others go on, which matters most on a loaded machine (2.5x faster starts with 2 busy cores).
-        for (record, gpus), (pid, pid_start) in zip(wave, self.starter.map(self._spawn, records), strict=True):
-            record.scheduler_id, record.pid_start = str(pid), pid_start
-            self.running[pid] = (record, gpus)
-            self.view.event(record, f"started{f' on gpu {record.gpus}' if gpus else ''}, pid {pid}")
-        self.manifest.save(*records, sync=False)
+            batches.append([record])
+        return batches
 
-    def _spawn(self, record: JobRecord) -> tuple[int, int | None]:
-        """Start the job: its pid, and the pid's start time, read here in parallel with other starts."""
-        env = self.env | self.variant_env[record.variant] | task_env(record, self.env)
+    def submit(self, records: list[JobRecord], token: str, prepared: Any, exclude: list[str]) -> list[str]:
+        (record,) = records
+        record.scheduler_id = token
+        env = os.environ | variant_env(self.plan, self.run_dir, record.variant, os.environ)
+        env |= task_env(record, os.environ)
         if record.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = record.gpus
-        with open(self.run_dir / record.log, "wb") as out:
-            process = subprocess.Popen(
-                ["/bin/sh", "-c", _WRAPPER, "sh", record.command, self.exit_dir, self.pid],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=env, cwd=self.workdir[record.variant], start_new_session=True,
-            )
-        # The harness reaps its children with os.wait(). A Popen that thinks its child still runs
-        # would reap it behind our back (subprocess polls such objects), stealing the exit status.
-        process.returncode = 0
-        # An exit file left by an earlier process with this pid would end the job in `status`.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(exit_file(self.run_dir, str(process.pid)))
-        return process.pid, process_start(process.pid)
+        log = self.run_dir / record.log
+        log.parent.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / EXIT_DIR).mkdir(exist_ok=True)
+        lock = _hold(self.run_dir / LOCK_DIR / token)
+        try:
+            with open(log, "wb") as out:
+                self.children[token] = subprocess.Popen(
+                    ["/bin/bash", "-c", _WRAPPER, "bash", record.command, str(self._exit_file(token)), str(lock)],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, pass_fds=(lock,),
+                    env=env, cwd=self.plan.workdir(self.run_dir, record.variant), start_new_session=True,
+                )
+        finally:
+            os.close(lock)  # the wrapper holds it now, alone
+        record.pid = self.children[token].pid
+        return []
 
-    def _finish(self, pid: int, exit_code: int) -> JobRecord:
-        record, gpus = self.running.pop(pid)
-        self.slots.give_back(gpus)
-        record.end, record.exit_code = time.time(), exit_code
-        record.state = COMPLETED if exit_code == 0 else FAILED
-        took = f"{record.end - (record.start or record.end):.1f}s"
-        if record.state == FAILED and len(record.tries) < self.manifest.plan.max_retries:
-            self.view.event(record, f"failed with exit code {exit_code} after {took}; retrying", notable=True)
-            record.archive_try()
-            self.queue.append(record)
-        else:
-            outcome = f"{record.state.lower()} (exit {exit_code}) after {took}"
-            self.view.event(record, outcome, notable=record.state == FAILED)
-        return record
+    def find(self, records: list[JobRecord], token: str) -> bool:
+        (record,) = records
+        started = not _lock_free(self.run_dir / LOCK_DIR / token) or self._exit_file(token).exists()
+        if started:
+            record.scheduler_id, record.pid = token, _pid_in(self.run_dir / LOCK_DIR / token)
+        return started
 
-    def _stop_all(self, why: str) -> None:
-        say(f"{why}: stopping {len(self.running)} running job(s); {len(self.queue)} not started")
-        stop_process_trees(list(self.running), self.manifest.plan.grace_period)
-        for pid, (record, _) in self.running.items():
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-            record.state, record.end = CANCELLED, time.time()
-        self.manifest.save(*(record for record, _ in self.running.values()))
-        self.running.clear()
+    def poll(self, records: list[Record]) -> list[str]:
+        for record in records:
+            token = record.scheduler_id or ""
+            child = self.children.get(token)
+            if child is not None and child.poll() is None:
+                continue
+            if child is None and not _lock_free(self.run_dir / LOCK_DIR / token):
+                record.state = RUNNING
+                continue
+            self.children.pop(token, None)
+            if not record.end_from_exit_file(self.run_dir):
+                record.state = LOST
+                how = f"killed by signal {-child.returncode}" if child and child.returncode < 0 else "gone"
+                record.message = f"its wrapper is {how} and left no exit code"
+            elif child is not None:
+                record.end = time.time()  # the file's time is the kernel's coarse clock, which may read before start
+        return []
 
-    def _summary(self) -> int:
-        return final_summary(self.view.records, self.run_dir, self.redactor, time.time() - self.view.started)
+    def wait(self, timeout: float, wakeup: int) -> None:
+        """Until one of this process's children ends (pidfds), or `timeout` for tries it adopted."""
+        fds = []
+        try:
+            for child in self.children.values():
+                with contextlib.suppress(ProcessLookupError):
+                    fds.append(os.pidfd_open(child.pid))
+            select.select([wakeup, *fds], [], [], timeout)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def cancel(self, records: list[Record], hurry: Callable[[], bool] | None = None) -> list[str]:
+        pids = []
+        for record in records:
+            path = self.run_dir / LOCK_DIR / (record.scheduler_id or "")
+            if record.scheduler_id and not _lock_free(path):
+                pids.append(record.pid or _pid_in(path))
+        stop_process_trees([pid for pid in pids if pid], self.plan.grace_period, hurry)
+        for token in [r.scheduler_id for r in records]:
+            if child := self.children.pop(token or "", None):
+                child.wait()
+        return []
+
+    def _exit_file(self, token: str) -> Path:
+        return self.run_dir.resolve() / EXIT_DIR / token
 
 
-def _ended_children() -> list[tuple[int, int]]:
-    """Every child that has ended by now, without waiting: their slots refill in one wave."""
-    ended = []
-    with contextlib.suppress(ChildProcessError):
-        while (child := os.waitpid(-1, os.WNOHANG))[0]:
-            ended.append(child)
-    return ended
+def _hold(path: Path) -> int:
+    """Open and lock `path`; the fd, for the wrapper to inherit."""
+    path.parent.mkdir(exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # blocks only while a `status` looks at it
+    return fd
 
 
-def _raise_interrupted(signum: int, _frame: object) -> None:
-    raise Interrupted(signum)
+def _lock_free(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        return lock_is_free(fd)
+    finally:
+        os.close(fd)
 
+
+def _pid_in(path: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(path.read_text().split()[0])
+    return None

@@ -1,9 +1,9 @@
 """Slurm backend: one `sbatch` job array per variant, one array task per seed.
 
 Each variant's script is rendered from a jinja2 template (benchmark/templates.py) and kept in the run
-dir; it follows the array flow of array.py. `SlurmArrays` holds what the slurm and submitit backends
-share on a Slurm cluster: the follow-up job, release, states from `sacct` (parsed by submitit's own
-reader), else from `squeue` and the exit files every task writes, and `scancel`.
+dir. `SlurmArrays` holds the scheduler hooks the slurm and submitit backends share on a Slurm cluster:
+finding a submission by its token, the follow-up job, release, states from `sacct` (parsed by
+submitit's own reader), else from `squeue` and the exit files every task writes, and `scancel`.
 """
 
 from __future__ import annotations
@@ -14,30 +14,27 @@ import getpass
 import os
 import re
 import subprocess
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
 from benchmark import sbatch_script
-from benchmark.backends import BackendError, task_env, variant_env
-from benchmark.backends.array import ArrayBackend, array_id
+from benchmark.backends import BackendError, Scheduler, task_env, variant_env
 from benchmark.manifest import (
     ACTIVE_STATES,
     CANCELLED,
-    PENDING,
+    HELD,
+    QUEUED,
     FollowUpRecord,
     JobRecord,
-    Manifest,
     Record,
     read_exit_file,
 )
-from benchmark.plan import ArraySettings, Plan, PlanError, SlurmSettings
+from benchmark.plan import ArraySettings, Plan, PlanError, SlurmSettings, variant_folder
 from benchmark.redact import referenced_secrets
 from benchmark.templates import TemplateError, render
-from benchmark.view import say, say_error
 
 _TIMEOUT_S = 60
 # squeue's reasons for a pending job that no other job's end can lift: it never starts as submitted.
@@ -51,12 +48,16 @@ class SlurmError(BackendError):
 
 
 def run_slurm(argv: list[str], cwd: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    # A session of its own: a Ctrl-C at the terminal is the harness's to handle, never kills an sbatch mid-way.
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT_S, cwd=cwd, env=env)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT_S, cwd=cwd, env=env,
+                                start_new_session=True)
     except FileNotFoundError:
         raise SlurmError(f"{argv[0]} not found: is Slurm installed and on PATH?") from None
-    except subprocess.TimeoutExpired:
-        raise SlurmError(f"{argv[0]} did not answer within {_TIMEOUT_S} s") from None
+    except subprocess.TimeoutExpired as error:
+        # sbatch retries in silence while the controller refuses jobs (MaxJobCount): say what it said.
+        said = error.stderr.decode(errors="replace").strip() if isinstance(error.stderr, bytes) else error.stderr
+        raise SlurmError(f"{argv[0]} did not answer within {_TIMEOUT_S} s" + (f": {said}" if said else "")) from None
     if result.returncode != 0:
         raise SlurmError(f"{argv[0]} failed ({result.returncode}): {(result.stderr or result.stdout).strip()}")
     return result.stdout
@@ -108,34 +109,63 @@ def _when(stamp: str) -> float | None:
         return None
 
 
-class SlurmArrays(ArrayBackend):
-    """What both array backends do the same way on a Slurm cluster."""
+class SlurmArrays(Scheduler):
+    """What both array backends do the same way on a Slurm cluster: submissions held and named by their
+    token in `--comment`, release, states from `sacct` (else `squeue` and the exit files every task
+    writes), the follow-up job, `scancel`."""
 
-    def submit_followup(self, manifest: Manifest, followup: FollowUpRecord, after: list[str]) -> None:
+    holds = True
+
+    def __init__(self, plan: Plan, run_dir: Path) -> None:
+        super().__init__(plan, run_dir)
+        assert isinstance(plan.backend, ArraySettings)
+        self.settings: ArraySettings = plan.backend
+
+    def find(self, records: list[JobRecord], token: str) -> bool:
+        """A held submission stays in squeue: look for its token there."""
+        try:
+            out = run_slurm(["squeue", "-h", "-o", "%F|%k"])
+        except SlurmError:
+            return False
+        found = {job for job, _, comment in (line.partition("|") for line in out.splitlines()) if comment == token}
+        if not found:
+            return False
+        self.adopt(records, found.pop())
+        return True
+
+    def adopt(self, records: list[Record], array: str) -> None:
+        """Set the scheduler ids (and logs) of the records submitted as job `array`."""
+        if isinstance(records[0], FollowUpRecord):
+            records[0].scheduler_id, records[0].log = array, f"logs/then_{array}.out"
+        else:
+            for index, record in enumerate(records):
+                record.scheduler_id = f"{array}_{index}"
+
+    def submit_followup(self, followup: FollowUpRecord, after: list[Record], token: str) -> list[str]:
         """The follow-up command as one more job, held, after every array has ended however it ended."""
         command = "\n".join([*self.settings.setup, followup.command])
-        (manifest.run_dir / "logs").mkdir(exist_ok=True)  # Slurm makes no folder for a log
+        (self.run_dir / "logs").mkdir(exist_ok=True)  # Slurm makes no folder for a log
+        arrays = _arrays(after)
         job_id = parse_job_id(run_slurm(
-            ["sbatch", "--parsable", "--hold", f"--dependency=afterany:{':'.join(after)}", "--job-name=then",
-             f"--output={manifest.run_dir.resolve() / 'logs' / 'then_%j.out'}",
+            ["sbatch", "--parsable", "--hold", f"--comment={token}", f"--dependency=afterany:{':'.join(arrays)}",
+             "--job-name=then", f"--output={self.run_dir.resolve() / 'logs' / 'then_%j.out'}",
              *_given(self.settings, "partition", "time"), "--wrap", command],
-            cwd=manifest.plan.cwd, env=os.environ | {"BENCHMARK_RUN_DIR": str(manifest.run_dir.resolve())},
+            cwd=self.plan.cwd, env=os.environ | {"BENCHMARK_RUN_DIR": str(self.run_dir.resolve())},
         ))
-        followup.scheduler_id, followup.state, followup.log = job_id, PENDING, f"logs/then_{job_id}.out"
-        say(f"then: submitted job {job_id}, after {len(after)} array(s)")
+        self.adopt([followup], job_id)
+        return [f"then: submitted job {job_id}, after {len(arrays)} array(s)"]
 
-    def release(self, scheduler_ids: list[str]) -> None:
+    def release(self, records: list[Record]) -> str | None:
+        ids = _arrays(records)
         try:
-            run_slurm(["scontrol", "release", ",".join(scheduler_ids)])
+            run_slurm(["scontrol", "release", ",".join(ids)])
         except SlurmError as error:
             # A job cancelled while held has finished; any other refusal leaves jobs held: say so.
             if "already finished" not in str(error):
-                say_error(f"warning: {error}; release them by hand: scontrol release {','.join(scheduler_ids)}")
+                return f"{error}; release them by hand: scontrol release {','.join(ids)}"
+        return None
 
-    def refresh(self, manifest: Manifest) -> str | None:
-        active = [r for r in manifest.records() if r.scheduler_id and r.state in ACTIVE_STATES]
-        if not active:
-            return None
+    def poll(self, records: list[Record]) -> list[str]:
         notes = []
         try:
             run_slurm(["scontrol", "ping"])
@@ -143,32 +173,26 @@ class SlurmArrays(ArrayBackend):
             notes.append(f"the Slurm controller is unreachable ({error}); states may be stale")
         queued = None
         try:
-            _apply_sacct(active)
+            _apply_sacct(records)
         except SlurmError as error:
             notes.append(f"sacct gave no states ({error}): reading squeue and the tasks' exit files instead")
-            queued = _squeue(active)
-            _apply_squeue(manifest.run_dir, active, queued)
-        if pending := [r for r in active if r.state == PENDING]:
+            queued = _squeue(records)
+            _apply_squeue(self.run_dir, records, queued)
+        if pending := [r for r in records if r.state in (QUEUED, HELD)]:
             with contextlib.suppress(SlurmError):  # the states stand; only the reasons are missing
                 _note_stuck(pending, queued if queued is not None else _squeue(pending))
         # The command's own exit code is in its task's exit file (submitit's tasks end with 1 whatever it was).
-        for record in (r for r in active if r.state not in ACTIVE_STATES):
-            if written := read_exit_file(manifest.run_dir, record.scheduler_id or ""):
+        for record in (r for r in records if r.state not in ACTIVE_STATES):
+            if written := read_exit_file(self.run_dir, record.scheduler_id or ""):
                 record.exit_code = written[0]
-        return "\n".join(notes) or None
+        return notes
 
-    def cancel(self, manifest: Manifest) -> int:
-        active = [r for r in manifest.records() if r.scheduler_id and r.state in ACTIVE_STATES]
-        arrays = _arrays(active)
+    def cancel(self, records: list[Record], hurry: Callable[[], bool] | None = None) -> list[str]:
+        arrays = _arrays([r for r in records if r.scheduler_id])
         if not arrays:
-            say("nothing to cancel: no task of this run is pending or running")
-            return 0
+            return ["nothing to cancel: no task of this run is pending or running"]
         run_slurm(["scancel", *arrays])
-        for record in active:
-            record.state, record.end = CANCELLED, record.end or time.time()
-        manifest.save(*active)
-        say(f"cancelled {len(active)} task(s) in job(s) {', '.join(arrays)}")
-        return 0
+        return [f"cancelled {len(records)} task(s) in job(s) {', '.join(arrays)}"]
 
 
 @dataclass(frozen=True)
@@ -181,12 +205,13 @@ class _Script:
 class SlurmBackend(SlurmArrays):
     parallel_submit = True
 
-    def __init__(self, plan: Plan) -> None:
-        super().__init__(plan)
+    def __init__(self, plan: Plan, run_dir: Path) -> None:
+        super().__init__(plan, run_dir)
         assert isinstance(plan.backend, SlurmSettings)
         self.template = plan.backend.template
 
-    def prepare(self, run_dir: Path, plan: Plan, variant: str, records: list[JobRecord]) -> _Script:
+    def prepare(self, records: list[JobRecord]) -> _Script:
+        plan, run_dir, variant = self.plan, self.run_dir, records[0].variant
         command = plan.command_of(variant)
         per_task = [task_env(record, os.environ) for record in records]
         settings = self.settings
@@ -205,21 +230,25 @@ class SlurmBackend(SlurmArrays):
         parsed = sbatch_script.parse(text)
         return _Script(text, parsed, sbatch_script.log_patterns(parsed, plan.workdir(run_dir, variant)))
 
-    def describe_array(self, run_dir: Path, variant: str, records: list[JobRecord], script: _Script) -> list[str]:
-        lines = [f"# {w}" for w in ignored_directives(self.template, script.text, script.parsed)]
-        lines.append(f"# {variant}: job array over seeds {[r.seed for r in records]}, "
-                     f"script {run_dir / 'scripts' / variant}.sh")
-        if options := explicit_options(self.settings):
-            lines.append(f"# submitted with: sbatch {' '.join(options)}")
-        return [*lines, script.text]
+    def describe(self, records: list[JobRecord]) -> str:
+        parts = []
+        for group in self.batches(records, []):
+            variant, script = group[0].variant, self.prepare(group)
+            parts += [f"# {w}" for w in ignored_directives(self.template, script.text, script.parsed)]
+            parts.append(f"# {variant}: job array over seeds {[r.seed for r in group]}, "
+                         f"script {self.run_dir / 'scripts' / variant_folder(variant)}-<time>.sh")
+            if options := explicit_options(self.settings):
+                parts.append(f"# submitted with: sbatch {' '.join(options)}")
+            parts.append(script.text)
+        if self.settings.then:
+            parts.append(f"# then, after every task: {self.settings.then}")
+        return "\n".join(parts)
 
-    def submit(
-        self, manifest: Manifest, variant: str, records: list[JobRecord], script: _Script, exclude: list[str]
-    ) -> list[tuple[str, str]]:
-        for warning in ignored_directives(self.template, script.text, script.parsed):
-            say_error(warning)
-        (manifest.run_dir / "scripts").mkdir(exist_ok=True)
-        path = manifest.run_dir / "scripts" / f"{variant}-{int(time.time() * 1000)}.sh"
+    def submit(self, records: list[JobRecord], token: str, script: _Script, exclude: list[str]) -> list[str]:
+        variant = records[0].variant
+        notes = ignored_directives(self.template, script.text, script.parsed)
+        (self.run_dir / "scripts").mkdir(exist_ok=True)
+        path = self.run_dir / "scripts" / f"{variant_folder(variant)}-{token}.sh"
         path.write_text(script.text)
         # Slurm does not make the folders of a task's logs; TRL's benchmark.py made slurm/logs itself.
         for pattern in script.logs:
@@ -227,20 +256,39 @@ class SlurmBackend(SlurmArrays):
                 if "%" not in str(pattern.parent):
                     pattern.parent.mkdir(parents=True, exist_ok=True)
             except OSError as error:
-                say_error(f"warning: {variant}: cannot make the folder of its log {pattern}: {error}")
+                notes.append(f"warning: {variant}: cannot make the folder of its log {pattern}: {error}")
         options = explicit_options(self.settings) + ([f"--exclude={','.join(exclude)}"] if exclude else [])
         # The variant's variables reach the tasks of any template through sbatch's environment
         # (--export=ALL, sbatch's default), TRL's own included, which exports none of them itself.
-        env = os.environ | variant_env(manifest.plan, manifest.run_dir, variant, os.environ)
+        env = os.environ | variant_env(self.plan, self.run_dir, variant, os.environ)
         # Run where the variant's jobs run: a relative path in the script means the same to both.
-        workdir = str(manifest.plan.workdir(manifest.run_dir, variant))
-        array = parse_job_id(run_slurm(["sbatch", "--parsable", "--hold", *options, str(path.resolve())],
-                                       cwd=workdir, env=env))
-        # The log as Slurm names it; %j (the task's own job id) and %N are filled in by refresh.
+        workdir = str(self.plan.workdir(self.run_dir, variant))
+        array = parse_job_id(run_slurm(
+            ["sbatch", "--parsable", "--hold", f"--comment={token}", *options, str(path.resolve())],
+            cwd=workdir, env=env))
+        self.adopt(records, array)
+        # The log as Slurm names it; %j (the task's own job id) and %N are filled in by poll.
         log, job_name = str(script.logs[0]), script.parsed.options.get("job-name") or path.name
-        say(f"{variant}: submitted job array {array} ({len(records)} tasks), script {path}")
-        return [(f"{array}_{index}", sbatch_script.expand(log, A=array, a=index, x=job_name, u=getpass.getuser()))
-                for index in range(len(records))]
+        for index, record in enumerate(records):
+            record.log = sbatch_script.expand(log, A=array, a=index, x=job_name, u=getpass.getuser())
+        return [*notes, f"{variant}: submitted job array {array} ({len(records)} tasks), script {path}"]
+
+    def find(self, records: list[JobRecord], token: str) -> bool:
+        if not super().find(records, token):
+            return False
+        if isinstance(records[0], JobRecord):  # the logs, as `submit` would have named them
+            script = self.prepare(records)
+            array = array_id(records[0].scheduler_id or "")
+            job_name = script.parsed.options.get("job-name") or f"{variant_folder(records[0].variant)}-{token}.sh"
+            for index, record in enumerate(records):
+                record.log = sbatch_script.expand(str(script.logs[0]), A=array, a=index, x=job_name,
+                                                  u=getpass.getuser())
+        return True
+
+
+def array_id(scheduler_id: str) -> str:
+    """The array job a task belongs to: "123" of "123_4"."""
+    return scheduler_id.split("_")[0]
 
 
 def _apply_sacct(records: list[Record]) -> None:
@@ -248,7 +296,13 @@ def _apply_sacct(records: list[Record]) -> None:
     # Imported here: submitit adds ~0.1 s to every start-up, and submitting needs no sacct.
     from submitit.slurm.slurm import SlurmInfoWatcher
 
-    info = SlurmInfoWatcher().read_info(out)
+    # A task's own row wins over a range row of its array (`455_[26-99%16]`), which can outlive the
+    # tasks' rows in accounting while a slurmd is down and would say PENDING for tasks long done.
+    header, *rows = out.splitlines()
+    ranges = [row for row in rows if "[" in row.partition("|")[0]]
+    own = [row for row in rows if "[" not in row.partition("|")[0]]
+    reader = SlurmInfoWatcher()
+    info = reader.read_info("\n".join([header, *ranges])) | reader.read_info("\n".join([header, *own]))
     for record in records:
         stats = info.get(record.scheduler_id or "")
         # An array cancelled whole while its tasks were pending has one row, under the array's id. (Such
@@ -258,7 +312,7 @@ def _apply_sacct(records: list[Record]) -> None:
             stats = whole
         if not stats:
             continue  # not in accounting yet: keep what we knew
-        record.state = stats["State"].split()[0].rstrip("+")  # "CANCELLED by 0" -> CANCELLED
+        record.state = _ours(record, stats["State"].split()[0].rstrip("+"))  # "CANCELLED by 0" -> CANCELLED
         record.node = stats["NodeList"] if stats["NodeList"] not in ("", "None assigned") else record.node
         if record.log and sbatch_script.unresolved(record.log):
             known = {"j": stats["JobIDRaw"]} | ({"N": sbatch_script.first_node(record.node)} if record.node else {})
@@ -269,6 +323,13 @@ def _apply_sacct(records: list[Record]) -> None:
             # "code:signal"; a task killed by a signal reads as the shell would report it, 128 + signal.
             code, signum = (int(x or 0) for x in stats["ExitCode"].partition(":")[::2])
             record.exit_code = 128 + signum if signum and not code else code
+
+
+def _ours(record: Record, slurm_state: str) -> str:
+    """Slurm's state in the harness's words: its PENDING is HELD until the harness has released the job."""
+    if slurm_state == "PENDING":
+        return HELD if record.state == HELD else QUEUED
+    return slurm_state
 
 
 def _note_stuck(records: list[Record], queued: dict[str, _Queued]) -> None:
@@ -296,8 +357,8 @@ def _squeue(records: list[Record]) -> dict[str, _Queued]:
 def _apply_squeue(run_dir: Path, records: list[Record], queued: dict[str, _Queued]) -> None:
     for record in records:
         if record.scheduler_id in queued:
-            record.state, node, _ = queued[record.scheduler_id]
-            record.node = node or record.node
+            state, node, _ = queued[record.scheduler_id]
+            record.state, record.node = _ours(record, state), node or record.node
         else:
             # Neither queued nor, without an exit file, ended as far as we can see: keep what we knew.
             record.end_from_exit_file(run_dir)

@@ -1,6 +1,6 @@
 """submitit backend: the plan run through submitit's executor, for users who prefer its job handles.
 
-One `executor.map_array` per variant, one task per seed, in the array flow of array.py: on Slurm one
+One `executor.map_array` per variant, one task per seed, driven by the sweep engine: on Slurm one
 job array per variant as in the slurm backend, but with submitit's batch script instead of our
 template (`SubmititSlurm`); with cluster "local", submitit's local executor, which starts every task
 at submission and knows no hold or dependency (`SubmititLocal`). The records get submitit's job ids
@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import math
 import os
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.core.utils import FailedJobError, FailedSubmissionError
+from submitit.core.utils import FailedJobError, FailedSubmissionError, JobPaths
 
-from benchmark.backends import BackendError, settle_process, task_env, variant_env
-from benchmark.backends.array import ArrayBackend
+from benchmark.backends import BackendError, Scheduler, task_env, variant_env
 from benchmark.backends.slurm import SlurmArrays
-from benchmark.manifest import ACTIVE_STATES, CANCELLED, RUNNING, JobRecord, Manifest, exit_file
+from benchmark.manifest import LOST, RUNNING, JobRecord, Record, exit_file
 from benchmark.plan import Plan, PlanError, SubmititSettings
 from benchmark.procs import is_alive, process_start, stop_process_trees
-from benchmark.view import say
 
 # Without --slurm-time, submitit asks Slurm for 5 minutes: a sweep should know it.
 _NO_TIME_NOTE = "no --slurm-time: submitit asks Slurm for its default limit, 5 minutes"
@@ -107,83 +105,92 @@ def _sbatch_options(extra: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
-class _SubmititArrays(ArrayBackend):
+class _SubmititArrays(Scheduler):
     """Preparing and submitting an array through submitit, the same on both clusters."""
 
     settings: SubmititSettings
 
-    def prepare(self, run_dir: Path, plan: Plan, variant: str, records: list[JobRecord]) -> dict[str, Any]:
-        return executor_parameters(self.settings, variant, len(records))
+    def __init__(self, plan: Plan, run_dir: Path) -> None:
+        super().__init__(plan, run_dir)
+        assert isinstance(plan.backend, SubmititSettings)
+        self.settings = plan.backend
 
-    def describe_array(self, run_dir: Path, variant: str, records: list[JobRecord], prepared: Any) -> list[str]:
-        header = f"# {variant}: map_array over seeds {[r.seed for r in records]}, parameters {prepared}"
-        return [header, *(record.command for record in records)]
+    def prepare(self, records: list[JobRecord]) -> dict[str, Any]:
+        return executor_parameters(self.settings, records[0].variant, len(records))
 
-    def describe(self, run_dir: Path, plan: Plan, records: list[JobRecord]) -> str:
-        header = f"# submitit, {self.settings.cluster} executor, folder {run_dir / 'submitit'}"
-        return "\n".join([header, super().describe(run_dir, plan, records)])
+    def describe(self, records: list[JobRecord]) -> str:
+        lines = [f"# submitit, {self.settings.cluster} executor, folder {self.run_dir / 'submitit'}"]
+        if self.settings.cluster == "slurm" and not self.settings.time:
+            lines.append(f"# {_NO_TIME_NOTE}")
+        for group in self.batches(records, []):
+            lines.append(f"# {group[0].variant}: map_array over seeds {[r.seed for r in group]}, "
+                         f"parameters {self.prepare(group)}")
+            lines += [record.command for record in group]
+        if self.settings.then:
+            lines.append(f"# then, after every task: {self.settings.then}")
+        return "\n".join(lines)
 
-    def submit(
-        self, manifest: Manifest, variant: str, records: list[JobRecord], prepared: Any, exclude: list[str]
-    ) -> list[tuple[str, str]]:
-        run_dir = manifest.run_dir.resolve()
+    def submit(self, records: list[JobRecord], token: str, prepared: Any, exclude: list[str]) -> list[str]:
+        run_dir, variant = self.run_dir.resolve(), records[0].variant
         executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster=self.settings.cluster)
-        if exclude:
-            extra = prepared["slurm_additional_parameters"] | {"exclude": ",".join(exclude)}
+        if self.settings.cluster == "slurm":
+            extra = prepared["slurm_additional_parameters"] | {"comment": token}
+            if exclude:
+                extra["exclude"] = ",".join(exclude)
             prepared = prepared | {"slurm_additional_parameters": extra}
         executor.update_parameters(**prepared)
-        task = SeedCommand(str(manifest.plan.workdir(run_dir, variant)), str(run_dir),
-                           variant_env(manifest.plan, run_dir, variant, os.environ))
+        task = SeedCommand(str(self.plan.workdir(run_dir, variant)), str(run_dir),
+                           variant_env(self.plan, run_dir, variant, os.environ))
         try:
             jobs = executor.map_array(task, [r.command for r in records], [task_env(r, os.environ) for r in records])
         except (FailedJobError, FailedSubmissionError) as error:
             raise BackendError(str(error).strip()) from None
-        say(f"{variant}: submitted {len(records)} task(s) through submitit ({jobs[0].job_id} ...)")
-        return [(job.job_id, os.path.relpath(job.paths.stdout, run_dir)) for job in jobs]
+        for record, job in zip(records, jobs, strict=True):
+            record.scheduler_id, record.log = job.job_id, os.path.relpath(job.paths.stdout, run_dir)
+        return [f"{variant}: submitted {len(records)} task(s) through submitit ({jobs[0].job_id} ...)"]
 
 
 class SubmititSlurm(_SubmititArrays, SlurmArrays):
-    """submitit on Slurm: states, release, the follow-up job and cancelling as the slurm backend's."""
+    """submitit on Slurm: finding, states, release, the follow-up job and cancelling as the slurm backend's."""
 
-    def launch(self, manifest: Manifest, ids: list[str]) -> int:
-        if not self.settings.time:
-            say(f"note: {_NO_TIME_NOTE}")
-        return super().launch(manifest, ids)
+    def notes(self) -> list[str]:
+        return [] if self.settings.time else [f"note: {_NO_TIME_NOTE}"]
 
-    def describe(self, run_dir: Path, plan: Plan, records: list[JobRecord]) -> str:
-        text = super().describe(run_dir, plan, records)
-        return text if self.settings.time else f"# {_NO_TIME_NOTE}\n{text}"
+    def find(self, records: list[JobRecord], token: str) -> bool:
+        if not SlurmArrays.find(self, records, token):
+            return False
+        run_dir = self.run_dir.resolve()
+        for record in records:
+            if isinstance(record, JobRecord):  # submitit's log of the task, as `submit` would have named it
+                paths = JobPaths(run_dir / "submitit", job_id=record.scheduler_id, task_id=0)
+                record.log = os.path.relpath(paths.stdout, run_dir)
+        return True
 
 
 class SubmititLocal(_SubmititArrays):
-    """submitit's local executor: each task runs under a controller process on this machine."""
+    """submitit's local executor: each task runs under a controller process on this machine, started at
+    submission. A harness killed between submitting and recording leaves tasks it cannot find again:
+    they are submitted again (at least once, not exactly once, on this executor)."""
 
-    def submit(
-        self, manifest: Manifest, variant: str, records: list[JobRecord], prepared: Any, exclude: list[str]
-    ) -> list[tuple[str, str]]:
-        answer = super().submit(manifest, variant, records, prepared, exclude)
-        for record, (job_id, _) in zip(records, answer, strict=True):
-            # Started at once; the job id is the pid of its controller.
-            record.start, record.pid_start = time.time(), process_start(int(job_id))
-        return answer
+    def submit(self, records: list[JobRecord], token: str, prepared: Any, exclude: list[str]) -> list[str]:
+        lines = super().submit(records, token, prepared, exclude)
+        for record in records:
+            # The job id is the pid of its controller.
+            record.pid = int(record.scheduler_id or 0)
+            record.pid_start = process_start(record.pid)
+        return lines
 
-    def refresh(self, manifest: Manifest) -> str | None:
-        for record in manifest.jobs.values():
-            if record.scheduler_id and record.state in ACTIVE_STATES:
-                settle_process(manifest.run_dir, record)
-        return None
+    def poll(self, records: list[Record]) -> list[str]:
+        for record in records:
+            if not record.end_from_exit_file(self.run_dir):
+                job = record if isinstance(record, JobRecord) else None
+                alive = job is not None and is_alive(job.pid, job.pid_start)
+                record.state = RUNNING if alive else LOST
+        return []
 
-    def cancel(self, manifest: Manifest) -> int:
-        self.refresh(manifest)
-        running = [r for r in manifest.jobs.values() if r.state == RUNNING]
+    def cancel(self, records: list[Record], hurry: Callable[[], bool] | None = None) -> list[str]:
         # submitit's own cancel (SIGINT to the controller) would leave the command running: its
         # controller kills only the Python task above it. Every process of the task is stopped instead.
-        stop_process_trees([r.pid for r in running if r.pid and is_alive(r.pid, r.pid_start)],
-                           manifest.plan.grace_period)
-        for record in running:
-            record.state, record.end = CANCELLED, time.time()
-        manifest.save(*running)
-        say(f"cancelled {len(running)} task(s)")
-        return 0
-
-
+        alive = [r.pid for r in records if isinstance(r, JobRecord) and r.pid and is_alive(r.pid, r.pid_start)]
+        stop_process_trees(alive, self.plan.grace_period, hurry)
+        return [f"cancelled {len(records)} task(s)"]

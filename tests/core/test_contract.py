@@ -3,6 +3,7 @@ environment every backend hands its jobs, and how jobs are grouped into arrays."
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -11,18 +12,18 @@ import pytest
 import tyro
 
 from benchmark.backends import name_wandb_run, task_env, variant_env
-from benchmark.backends.array import array_id, by_variant
-from benchmark.backends.slurm import explicit_options
+from benchmark.backends.slurm import SlurmBackend, array_id, explicit_options
 from benchmark.backends.submitit import executor_parameters
 from benchmark.cli import LaunchArgs
 from benchmark.manifest import FollowUpRecord, JobRecord, Manifest
-from benchmark.plan import Plan, PlanError, SlurmSettings, SubmititSettings, Variant, make_plan
+from benchmark.plan import LaunchRequest, Plan, PlanError, SlurmSettings, SubmititSettings, Variant, make_plan
 from benchmark.redact import Redactor
 
 
 def plan_of(*argv: str) -> Plan:
     args = tyro.cli(LaunchArgs, args=list(argv))
-    plan, _ = make_plan(args, list(argv), Redactor({}))
+    request = LaunchRequest(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LaunchRequest)})
+    plan, _ = make_plan(request, list(argv), Redactor({}))
     return plan
 
 
@@ -66,10 +67,10 @@ def test_then_needs_slurm(backend: tuple[str, ...]) -> None:
 
 
 def test_a_variant_named_then_is_an_array_like_any_other() -> None:
-    plan = plan_of("--command", "then=python a.py", "--command", "b=python b.py", "--num-seeds", "2")
+    plan = plan_of("--backend", "slurm", "--command", "then=python a.py", "--command", "b=python b.py", "--num-seeds", "2")
     records = [JobRecord.from_job(job, "x.log") for job in plan.jobs()]
-    groups = by_variant(records)
-    assert {v: [r.seed for r in g] for v, g in groups.items()} == {"then": [1, 2], "b": [1, 2]}
+    groups = SlurmBackend(plan, Path("r")).batches(records, [])
+    assert [(g[0].variant, [r.seed for r in g]) for g in groups] == [("then", [1, 2]), ("b", [1, 2])]
 
 
 def test_the_job_environment_keeps_the_users_tags_and_names_each_run(tmp_path: Path) -> None:
@@ -86,12 +87,8 @@ def test_the_job_environment_keeps_the_users_tags_and_names_each_run(tmp_path: P
     assert task_env(record, {"WANDB_NAME": "mine"})["WANDB_NAME"] == "mine"
 
 
-def test_scheduler_ids_and_pids() -> None:
+def test_array_ids() -> None:
     assert array_id("123_4") == "123" and array_id("125") == "125"
-    record = JobRecord(id="v/1", variant="v", seed=1, command="true", scheduler_id="4242")
-    assert record.pid == 4242
-    record.scheduler_id = "123_4"
-    assert record.pid is None
 
 
 def test_submitit_parameters_follow_the_slurm_flags() -> None:

@@ -108,16 +108,40 @@ def test_rendered_script_is_valid_bash(tmp_path):
     subprocess.run(["bash", "-n", str(script)], check=True)
 
 
-def test_exit_code_recorded_even_when_setup_fails(tmp_path):
-    # Run the script's body with bash, as Slurm would, with srun stubbed out.
+def run_as_slurm(tmp_path: Path, script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a rendered script with bash in tmp_path, as Slurm would run array task 7_1, with srun stubbed out."""
     (tmp_path / "srun").write_text('#!/bin/sh\nexec "$@"\n')
     (tmp_path / "srun").chmod(0o755)
-    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "1"}
+    (tmp_path / "job.slurm").write_text(script)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "1", **env}
+    return subprocess.run(["bash", "job.slurm"], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+def test_exit_code_recorded_even_when_setup_fails(tmp_path):
     for setup, command, code in [([], "true", "0"), ([], "false", "1"), (["exit 4"], "true", "4")]:
-        script = tmp_path / "job.slurm"
-        script.write_text(ours(tmp_path, setup=setup, command=command))
-        subprocess.run(["bash", str(script)], env=env, capture_output=True)
+        run_as_slurm(tmp_path, ours(tmp_path, setup=setup, command=command))
         assert (tmp_path / "exit" / "7_1").read_text() == f"{code}\n"
+
+
+SECRET = "abcd1234secret"
+# Commands srun cannot execve as they are; each prints its seed, the second argument its `sh -c` gets.
+SHELL_COMMANDS = {
+    "env": ("FOO=1 sh -c 'echo $FOO $2' x", "1 {seed}"),
+    "cd": ("cd sub && sh -c 'echo in $(basename $PWD) $2' x", "in sub {seed}"),
+    "secret": ('MY_TOKEN="$MY_TOKEN" sh -c \'echo ${#MY_TOKEN} $2\' x', f"{len(SECRET)} {{seed}}"),
+}
+
+
+@pytest.mark.parametrize("name", SHELL_COMMANDS)
+def test_the_command_runs_as_a_shell_command_with_the_seed_flag_as_arguments(tmp_path, name):
+    (tmp_path / "sub").mkdir()
+    command, printed = SHELL_COMMANDS[name]
+    script = ours(tmp_path, command=command, seeds=[5, 6], secret_env=["MY_TOKEN"] if name == "secret" else [])
+    result = run_as_slurm(tmp_path, script, MY_TOKEN=SECRET)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == printed.format(seed=6)
+    without_flag = run_as_slurm(tmp_path, ours(tmp_path, command="echo -n hi; echo \" $#\"", seed_flag=""))
+    assert without_flag.stdout.splitlines()[-1] == "hi 0"
 
 
 def test_unknown_variable_names_variable_file_and_line(tmp_path):
@@ -183,3 +207,25 @@ def test_dry_run_warns_of_ignored_directives_and_shows_the_flags_that_override(t
     assert f"# warning: {TRL_TEMPLATE}:13: sbatch ignores '#SBATCH --nodes=2'" in result.stdout
     assert "# submitted with: sbatch --partition=debug --time=1:00:00" in result.stdout
     assert not (tmp_path / "slurm").exists()  # a dry run makes nothing
+
+
+@pytest.mark.slurm
+def test_any_shell_command_runs_on_slurm_and_a_secret_stays_out_of_the_run_dir(tmp_path: Path) -> None:
+    from cli import records, run_cli
+
+    (tmp_path / "sub").mkdir()
+    commands = [("--command", f"{name}={command}") for name, (command, _) in SHELL_COMMANDS.items()]
+    commands[-1] = ("--command", f"secret=MY_TOKEN={SECRET} sh -c 'echo ${{#MY_TOKEN}} $2' x")  # inline, as users write
+    result = run_cli(*(arg for pair in commands for arg in pair), "--num-seeds", "2", "--start-seed", "5",
+                     "--slurm-template-path", str(DEFAULT_TEMPLATE), "--slurm-total-cpus", "1", "--poll-interval",
+                     "0.3", "--wait", "--run-dir", "r", cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = records(tmp_path / "r")
+    for name, (_, printed) in SHELL_COMMANDS.items():
+        for seed in (5, 6):
+            job = jobs[f"{name}/{seed}"]
+            assert job["state"] == "COMPLETED", job
+            assert printed.format(seed=seed) in (tmp_path / "r" / job["log"]).read_text()
+    files = [path for path in (tmp_path / "r").rglob("*") if path.is_file()]
+    assert files and not [path for path in files if SECRET.encode() in path.read_bytes()]
+    assert SECRET not in result.stdout + result.stderr
