@@ -41,7 +41,7 @@ from benchmark.manifest import (
     Record,
 )
 from benchmark.plan import LocalSettings
-from benchmark.view import SweepView, final_summary, say, say_error
+from benchmark.view import SweepView, final_summary, say, say_error, say_note
 
 # A try that ends so is run again under --max-retries: the next one may well succeed.
 RETRIED_STATES = {"FAILED", LOST, "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "OUT_OF_MEMORY"}
@@ -91,7 +91,7 @@ class Sweep:
     def run(self) -> int:
         """Submit, release, follow and retry until done; the CLI's exit code."""
         for note in self.scheduler.notes():
-            say(note)
+            say_note(note)
         with _Signals() as signals, self.view:
             while True:
                 self._submit_pending()
@@ -191,7 +191,7 @@ class Sweep:
                     record.state, record.message = NOT_SUBMITTED, str(answer)
                 continue
             for line in answer if isinstance(answer, list) else []:
-                say(line)
+                say_note(line)
             for record in batch:
                 record.state = HELD if self.scheduler.holds else RUNNING
                 record.start = None if self.scheduler.holds else now
@@ -213,7 +213,7 @@ class Sweep:
                 return
             lines = []
         for line in lines:
-            say(line)
+            say_note(line)
         followup.state = HELD
         self.manifest.save(followup)
 
@@ -245,7 +245,7 @@ class Sweep:
             return
         before = [(r.state, r.message) for r in watched]
         for note in self.scheduler.poll(watched):
-            say(note)
+            say_note(note)
         changed = []
         for record, (state, message) in zip(watched, before, strict=True):
             if (record.state, record.message) == (state, message):
@@ -304,7 +304,7 @@ def cancel(manifest: Manifest, scheduler: Scheduler) -> list[Record]:
     sweep.recover()
     active = [r for r in manifest.records() if r.state in SUBMITTED_STATES]
     for note in scheduler.cancel(active):
-        say(note)
+        say_note(note)
     for record in active:
         record.state, record.end = CANCELLED, record.end or time.time()
     manifest.save(*active)

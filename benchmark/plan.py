@@ -25,6 +25,7 @@ from benchmark.redact import Redactor
 from benchmark.tags import auto_tags, git_commit, git_tag, pr_number, resolve_ref
 from benchmark.workload import EXP_NAME_FLAGS
 
+# The Slurm template of a plan that names none. Here, not in templates.py: settling a plan needs no jinja2.
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "trl.slurm_template"
 
 # `name=python train.py ...` names a variant explicitly. Upper-case names are left alone because
@@ -169,7 +170,7 @@ def _scan(command: str) -> tuple[int, int | None]:
             # `2>&1`, `<&0`, `>|` and `&>` are redirections, not operators.
             redirection = (c in "&|" and command[i - 1 : i] in ("<", ">")) or command[i : i + 2] == "&>"
             if depth == 0 and c in ";&|\n" and not redirection:
-                i += command[i : i + 2] in ("&&", "||", "|&", ";;")
+                i += command[i : i + 2] in ("&&", "||", "|&", ";;")  # past a two-character operator
                 start = i + 1
         i += 1
     return start, None
@@ -395,7 +396,7 @@ def make_plan(request: LaunchRequest, argv: list[str], redactor: Redactor) -> tu
         raise PlanError(f"--workers must not be negative, got {request.workers}")
     if request.max_retries < 0:
         raise PlanError(f"--max-retries must not be negative, got {request.max_retries}")
-    # `not x >= 0` also catches NaN; an infinite wait is never meant.
+    # Written so that NaN fails too; an infinite wait is never meant.
     if not 0 <= request.grace_period < math.inf:
         raise PlanError(f"--grace-period must be a number of seconds >= 0, got {request.grace_period}")
     if not 0 < request.poll_interval < math.inf:

@@ -46,6 +46,11 @@ def say_error(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def say_note(line: str) -> None:
+    """A scheduler's line for the user: warnings and errors on stderr, the rest on stdout."""
+    (say_error if line.startswith(("warning:", "error:")) else say)(line)
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return ""

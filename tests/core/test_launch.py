@@ -175,7 +175,7 @@ def test_failing_job_is_reported_with_its_log_tail(cwd: Path) -> None:
     assert jobs["ok/1"]["state"] == "COMPLETED"
     status = run_cli("status", "r", cwd=cwd)
     assert status.returncode == 0
-    row = next(line for line in status.stdout.splitlines() if "bad " in line and " 2 " in line)
+    row = next(line for line in status.stdout.splitlines() if "bad " in line and " 2 " in line and "logs" in line)
     assert "FAILED" in row and " 3 " in row and "r/logs/bad/seed-2.log" in row
 
 

@@ -28,7 +28,7 @@ def append(run_dir: Path, *entries: dict) -> None:
 
 def copies(run_dir: Path, seeds: range, **changes: object) -> list[dict]:
     """Jobs like seed 1 of the sweep, with more seeds: a big run without running it."""
-    first = records(run_dir)[next(iter(records(run_dir)))]
+    first = next(iter(records(run_dir).values()))
     return [{"job": first | {"id": f"{first['variant']}/{seed}", "seed": seed, **changes}} for seed in seeds]
 
 

@@ -24,8 +24,8 @@ def sacct_states(array: str) -> list[str]:
             and "[" not in job]
 
 
-def status_rows(cwd: Path) -> str:
-    result = run_cli("status", "r", cwd=cwd)
+def status_rows(cwd: Path, *args: str) -> str:
+    result = run_cli("status", "r", *args, cwd=cwd)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -90,7 +90,7 @@ def test_a_failing_seed_is_recorded_and_resume_resubmits_only_it(cwd: Path) -> N
     before = records(cwd / "r")
     assert [before[f"flaky/{s}"]["state"] for s in (1, 2, 3)] == ["COMPLETED", "FAILED", "COMPLETED"]
     assert before["flaky/2"]["exit_code"] == 7
-    row = next(line for line in status_rows(cwd).splitlines() if "flaky " in line and " 2 " in line)
+    row = next(line for line in status_rows(cwd).splitlines() if "flaky " in line and " 2 " in line and "logs" in line)
     assert "FAILED" in row and " 7 " in row
 
     (cwd / "fixed").touch()
@@ -216,11 +216,12 @@ def test_node_down_under_a_running_task_is_recorded_and_resumed(cwd: Path) -> No
 
 def records_now(cwd: Path) -> dict[str, dict]:
     """The records after `status` has asked Slurm (status does not write; resume does)."""
-    from benchmark.backends import get_backend
+    from benchmark.backends import get_scheduler
+    from benchmark.engine import current
     from benchmark.manifest import Manifest
 
     manifest = Manifest.load(cwd / "r")
-    get_backend(manifest.plan).refresh(manifest)
+    current(manifest, get_scheduler(manifest.plan, manifest.run_dir))
     return {i: vars(r) for i, r in manifest.jobs.items()}
 
 
@@ -248,7 +249,7 @@ def test_trl_template_runs_unchanged(cwd: Path) -> None:
         assert job["state"] == "COMPLETED" and log.parent == cwd / "slurm" / "logs", job
         assert log.name.startswith("trl_") and "%" not in log.name
         assert f"trl --seed {seed}" in log.read_text()
-    status = status_rows(cwd)
+    status = status_rows(cwd, "--all")
     assert all(str(Path(job["log"])) in status.replace("\n", "") for job in jobs.values()), status
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from cli import clean_env, cli_argv, followup, records, run_cli, wait_for
 
-from benchmark.backends import get_backend
+from benchmark.backends import get_scheduler
+from benchmark.engine import current
 from benchmark.manifest import Manifest
 
 # Fails for seed 2 until the file `fixed` exists; says its seed either way.
@@ -31,7 +32,7 @@ def launch(cwd: Path, command: str, num_seeds: int, *options: str) -> int:
 def states(cwd: Path) -> list[str]:
     """The states `status` would show (status itself does not write them)."""
     manifest = Manifest.load(cwd / "r")
-    get_backend(manifest.plan).refresh(manifest)
+    current(manifest, get_scheduler(manifest.plan, manifest.run_dir))
     return [record.state for record in manifest.jobs.values()]
 
 
@@ -141,5 +142,5 @@ def test_a_sweep_on_slurm_stays_a_slurm_sweep_where_srun_is_missing(tmp_path: Pa
         (bin_dir / tool).symlink_to(shutil.which(tool) or tool)
     status = run_cli("status", "r", cwd=tmp_path, env=clean_env(PATH=str(bin_dir)))
     assert status.returncode == 0, status.stderr
-    assert ("1 PENDING" in status.stdout or "1 RUNNING" in status.stdout) and "LOST" not in status.stdout, status.stdout
+    assert ("1 QUEUED" in status.stdout or "1 RUNNING" in status.stdout) and "LOST" not in status.stdout, status.stdout
     assert run_cli("cancel", "r", cwd=tmp_path).returncode == 0
