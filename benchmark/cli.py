@@ -33,7 +33,7 @@ from benchmark.manifest import (
     RunDirBusy,
     run_dir_owner,
 )
-from benchmark.plan import ArraySettings, LaunchRequest, PlanError, make_plan
+from benchmark.plan import ArraySettings, LaunchRequest, PlanError, make_plan, variant_folder
 from benchmark.redact import Redactor, referenced_secrets
 from benchmark.tags import add_worktree
 from benchmark.view import say, say_error, status_table
@@ -150,7 +150,7 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
         name_wandb_run(record)
     then = plan.backend.then if isinstance(plan.backend, ArraySettings) else None
     followup = FollowUpRecord(command=then) if then else None
-    run_dir = args.run_dir or _default_run_dir(plan.variants[0].name)
+    run_dir = args.run_dir or _default_run_dir(variant_folder(plan.variants[0].name))
     scheduler = get_scheduler(plan, run_dir)
     # Describing renders every script: a bad template stops here, before anything is written.
     description = scheduler.describe(records)

@@ -39,6 +39,7 @@ from benchmark.manifest import (
     JobRecord,
     Manifest,
     Record,
+    run_dir_owner,
 )
 from benchmark.plan import LocalSettings
 from benchmark.view import SweepView, final_summary, say, say_error, say_note
@@ -117,19 +118,10 @@ class Sweep:
 
     def recover(self) -> None:
         """Settle the tries a dead harness left half-submitted, then bring every submitted one up to date."""
-        by_token: dict[str, list[Record]] = {}
-        for record in self.manifest.records():
-            if record.state == SUBMITTING:
-                by_token.setdefault(record.token or "", []).append(record)
-        for token, group in by_token.items():
-            if self.scheduler.find(group, token):  # type: ignore[arg-type]
-                for record in group:
-                    record.state = HELD if self.scheduler.holds else RUNNING
-                    self.view.event(record, f"found at the scheduler ({record.scheduler_id}), adopted")
-            else:  # the scheduler never had it: the same try goes again
-                for record in group:
-                    record.state, record.token = PENDING, None
-            self.manifest.save(*group)
+        for record in settle_submitting(self.manifest, self.scheduler):
+            if record.state != PENDING:
+                self.view.event(record, f"found at the scheduler ({record.scheduler_id}), adopted")
+            self.manifest.save(record)
         self.poll()
 
     def rerun_unfinished(self) -> None:
@@ -311,10 +303,33 @@ def cancel(manifest: Manifest, scheduler: Scheduler) -> list[Record]:
     return active
 
 
+def settle_submitting(manifest: Manifest, scheduler: Scheduler) -> list[Record]:
+    """The records left SUBMITTING, in memory: HELD or RUNNING where the scheduler has their submission,
+    else PENDING again (the scheduler never had it: the same try goes again). The records changed."""
+    by_token: dict[str, list[Record]] = {}
+    for record in manifest.records():
+        if record.state == SUBMITTING:
+            by_token.setdefault(record.token or "", []).append(record)
+    for token, group in by_token.items():
+        found = scheduler.find(group, token)  # type: ignore[arg-type]
+        for record in group:
+            if found:
+                record.state = HELD if scheduler.holds else RUNNING
+            else:
+                record.state, record.token = PENDING, None
+    return [r for group in by_token.values() for r in group]
+
+
 def current(manifest: Manifest, scheduler: Scheduler) -> list[str]:
     """The records brought up to date with the scheduler, in memory only (for `status`); notes for the user."""
+    settle_submitting(manifest, scheduler)
     watched = [r for r in manifest.records() if r.state in SUBMITTED_STATES]
-    return scheduler.poll(watched) if watched else []
+    notes = scheduler.poll(watched) if watched else []
+    held = sum(r.state == HELD for r in manifest.records())
+    if held and run_dir_owner(manifest.run_dir) is None:
+        notes.append(f"{held} job(s) HELD: the harness that submitted them is gone before releasing them; "
+                     f"`benchmark resume {manifest.run_dir}` releases them")
+    return notes
 
 
 class _Signals:

@@ -191,6 +191,6 @@ def _lock_free(path: Path) -> bool:
 
 
 def _pid_in(path: Path) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, IndexError):  # none yet, or a full disk kept it out
         return int(path.read_text().split()[0])
     return None

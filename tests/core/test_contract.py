@@ -67,7 +67,8 @@ def test_then_needs_slurm(backend: tuple[str, ...]) -> None:
 
 
 def test_a_variant_named_then_is_an_array_like_any_other() -> None:
-    plan = plan_of("--backend", "slurm", "--command", "then=python a.py", "--command", "b=python b.py", "--num-seeds", "2")
+    plan = plan_of("--backend", "slurm", "--command", "then=python a.py", "--command", "b=python b.py",
+                   "--num-seeds", "2")
     records = [JobRecord.from_job(job, "x.log") for job in plan.jobs()]
     groups = SlurmBackend(plan, Path("r")).batches(records, [])
     assert [(g[0].variant, [r.seed for r in g]) for g in groups] == [("then", [1, 2]), ("b", [1, 2])]

@@ -203,8 +203,8 @@ def test_live_view_on_a_terminal(cwd: Path) -> None:
     # On a terminal the harness draws rich's live view; elsewhere it prints one plain line per event.
     terminal, harness_side = pty.openpty()
     harness = subprocess.Popen(
-        cli_argv("--command", "nap=sleep 1", "--seed-flag", "", "--command", "oops=false", "--num-seeds", "2", "--workers", "2",
-                 "--run-dir", "r"),
+        cli_argv("--command", "nap=sleep 1", "--seed-flag", "", "--command", "oops=false", "--num-seeds", "2",
+                 "--workers", "2", "--run-dir", "r"),
         cwd=cwd, env=clean_env(), stdin=subprocess.DEVNULL, stdout=harness_side, stderr=harness_side,
     )
     os.close(harness_side)
