@@ -109,7 +109,6 @@ class Sweep:
                 fault_point("waiting")
                 self._retry_failed()
         if not self.waiting:
-            say(f"submitted; follow it with: benchmark status {self.manifest.run_dir}")
             return 1 if self.refused else 0
         return final_summary(self.manifest.records(), self.manifest.run_dir, self.view.redactor,
                              time.time() - self.view.started)

@@ -21,7 +21,7 @@ from benchmark.manifest import JobRecord, Manifest
 from benchmark.report import offline
 from benchmark.report.runs import CRASHED, FINISHED, RUNNING, Run, config_value, value_matches
 
-_NOT_STARTED = {harness.PENDING, harness.NOT_SUBMITTED}
+_NOT_STARTED = {harness.PENDING, harness.SUBMITTING, harness.HELD, harness.QUEUED, harness.NOT_SUBMITTED}
 
 
 def run_files(manifest: Manifest) -> list[Path]:
@@ -115,7 +115,7 @@ def _state(wandb_state: str, job: JobRecord) -> str:
 def _placeholder(job: JobRecord) -> Run | None:
     """A run with no data for a job that is running or ended badly; None for a job not started
     or completed without a W&B run to show (both count as missing)."""
-    if job.state in (harness.PENDING, harness.COMPLETED):
+    if job.state in _NOT_STARTED - {harness.NOT_SUBMITTED} or job.state == harness.COMPLETED:
         return None
     state = RUNNING if job.state in harness.ACTIVE_STATES else CRASHED
     return Run(
