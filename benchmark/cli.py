@@ -238,7 +238,6 @@ def _warn_missing_secrets(manifest: Manifest) -> None:
 
 def cancel(args: RunDirArgs) -> int:
     """Ask the live harness to stop its sweep; with none, stop the run's jobs here."""
-    manifest = Manifest.load(args.run_dir)
     try:
         manifest = Manifest.load(args.run_dir, own=True)
     except RunDirBusy:

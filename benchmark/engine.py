@@ -197,7 +197,7 @@ class Sweep:
         try:
             lines = self.scheduler.submit_followup(followup, list(after), followup.token)
         except BackendError as error:
-            if not self.scheduler.find([followup], followup.token):  # type: ignore[list-item]
+            if not self.scheduler.find([followup], followup.token):
                 followup.state, followup.message = NOT_SUBMITTED, str(error)
                 self.manifest.save(followup)
                 say_error(f"error: --then not submitted: {error}")
@@ -310,7 +310,7 @@ def settle_submitting(manifest: Manifest, scheduler: Scheduler) -> list[Record]:
         if record.state == SUBMITTING:
             by_token.setdefault(record.token or "", []).append(record)
     for token, group in by_token.items():
-        found = scheduler.find(group, token)  # type: ignore[arg-type]
+        found = scheduler.find(group, token)
         for record in group:
             if found:
                 record.state = HELD if scheduler.holds else RUNNING

@@ -66,7 +66,7 @@ class Scheduler(ABC):
         """Hand the jobs over, held where the scheduler holds, under `token`, on no node of `exclude`:
         their scheduler ids and logs set; lines for the user. BackendError if the scheduler refuses."""
 
-    def find(self, records: list[JobRecord], token: str) -> bool:
+    def find(self, records: list[Record], token: str) -> bool:
         """After a crash between recording the intent and recording the outcome: whether the scheduler has
         the submission made under `token` (its ids then set on the records)."""
         return False

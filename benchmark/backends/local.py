@@ -118,7 +118,7 @@ class LocalPool(Scheduler):
         record.pid = self.children[token].pid
         return []
 
-    def find(self, records: list[JobRecord], token: str) -> bool:
+    def find(self, records: list[Record], token: str) -> bool:
         (record,) = records
         started = not _lock_free(self.run_dir / LOCK_DIR / token) or self._exit_file(token).exists()
         if started:

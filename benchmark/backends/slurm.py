@@ -121,7 +121,7 @@ class SlurmArrays(Scheduler):
         assert isinstance(plan.backend, ArraySettings)
         self.settings: ArraySettings = plan.backend
 
-    def find(self, records: list[JobRecord], token: str) -> bool:
+    def find(self, records: list[Record], token: str) -> bool:
         """A held submission stays in squeue: look for its token there."""
         try:
             out = run_slurm(["squeue", "-h", "-o", "%F|%k"])
@@ -273,7 +273,7 @@ class SlurmBackend(SlurmArrays):
             record.log = sbatch_script.expand(log, A=array, a=index, x=job_name, u=getpass.getuser())
         return [*notes, f"{variant}: submitted job array {array} ({len(records)} tasks), script {path}"]
 
-    def find(self, records: list[JobRecord], token: str) -> bool:
+    def find(self, records: list[Record], token: str) -> bool:
         if not super().find(records, token):
             return False
         if isinstance(records[0], JobRecord):  # the logs, as `submit` would have named them

@@ -156,7 +156,13 @@ class SubmititSlurm(_SubmititArrays, SlurmArrays):
     def notes(self) -> list[str]:
         return [] if self.settings.time else [f"note: {_NO_TIME_NOTE}"]
 
-    def find(self, records: list[JobRecord], token: str) -> bool:
+    def adopt(self, records: list[Record], array: str) -> None:
+        if len(records) == 1 and isinstance(records[0], JobRecord):  # submitit submits a lone task as a plain job
+            records[0].scheduler_id = array
+        else:
+            super().adopt(records, array)
+
+    def find(self, records: list[Record], token: str) -> bool:
         if not SlurmArrays.find(self, records, token):
             return False
         run_dir = self.run_dir.resolve()
