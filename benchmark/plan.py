@@ -305,7 +305,7 @@ class Plan:
 
     def workdir(self, run_dir: Path, variant: str) -> Path:
         """Where the variant's jobs run: its ref's worktree under the run dir, else the launch's folder."""
-        return run_dir.resolve() / "refs" / variant if self.variant(variant).commit else Path(self.cwd)
+        return run_dir.resolve() / "refs" / variant_folder(variant) if self.variant(variant).commit else Path(self.cwd)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
