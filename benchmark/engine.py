@@ -99,7 +99,7 @@ class Sweep:
                 self._release_held()
                 if signals.caught:
                     return self._interrupted(signals)
-                if not self.waiting or not any(r.state in ACTIVE_STATES for r in self.manifest.records()):
+                if not self.waiting or not self._unfinished():
                     break
                 self.scheduler.wait(self.poll_interval, signals.wakeup)
                 signals.drain()
@@ -112,6 +112,12 @@ class Sweep:
             return 1 if self.refused else 0
         return final_summary(self.manifest.records(), self.manifest.run_dir, self.view.redactor,
                              time.time() - self.view.started)
+
+    def _unfinished(self) -> bool:
+        """Whether a job may still change, or the follow-up, once submitted (it never is when no array was)."""
+        followup = self.manifest.followup
+        return any(r.state in ACTIVE_STATES for r in self.jobs) or (
+            followup is not None and followup.state in ACTIVE_STATES and followup.state != PENDING)
 
     # -- reading a crash back ------------------------------------------------------------------------
 

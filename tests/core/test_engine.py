@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmark import engine
-from benchmark.backends import Scheduler
+from benchmark.backends import BackendError, Scheduler
 from benchmark.engine import Sweep
 from benchmark.manifest import COMPLETED, FollowUpRecord, JobRecord, Manifest, Record, RunDirBusy
 from benchmark.plan import Plan, SlurmSettings, Variant
@@ -29,9 +29,10 @@ class FakeCluster(Scheduler):
 
     holds = True
 
-    def __init__(self, plan: Plan, run_dir: Path, flaky: tuple[int, ...] = ()) -> None:
+    def __init__(self, plan: Plan, run_dir: Path, flaky: tuple[int, ...] = (), refuse: bool = False) -> None:
         super().__init__(plan, run_dir)
         self.flaky = set(flaky)
+        self.refuse = refuse
         self.by_token: dict[str, list[str]] = {}
         self.state: dict[str, str] = {}
         self.seed: dict[str, int] = {}
@@ -42,6 +43,8 @@ class FakeCluster(Scheduler):
         return ""
 
     def submit(self, records: list[JobRecord], token: str, prepared: object, exclude: list[str]) -> list[str]:
+        if self.refuse:
+            raise BackendError("sbatch: error: invalid partition specified: nope")
         ids = [f"{len(self.state) + i}" for i in range(len(records))]
         self.by_token[token] = ids
         for record, job in zip(records, ids, strict=True):
@@ -105,6 +108,15 @@ def test_a_sweep_with_retries_runs_each_seed_once_and_the_follow_up_last(tmp_pat
     jobs = Manifest.load(manifest.run_dir).jobs
     assert {j.state for j in jobs.values()} == {COMPLETED}
     assert [t["state"] for t in jobs["a/2"].tries] == ["FAILED"]
+
+
+def test_a_sweep_the_scheduler_refuses_whole_ends_and_its_follow_up_is_never_submitted(tmp_path: Path) -> None:
+    manifest = sweep_dir(tmp_path)
+    cluster = FakeCluster(manifest.plan, manifest.run_dir, refuse=True)
+    assert Sweep(manifest, cluster).run() == 1
+    loaded = Manifest.load(manifest.run_dir)
+    assert {j.state for j in loaded.jobs.values()} == {"NOT_SUBMITTED"}
+    assert loaded.followup is not None and loaded.followup.state == "PENDING" and not cluster.state
 
 
 @pytest.mark.parametrize("step", ["intent", "submitted", "held", "released", "waiting", "retry"])
