@@ -37,8 +37,8 @@ def resume_until_done(cwd: Path, tries: int = 5) -> None:
 @pytest.mark.parametrize("step", ["planned", "intent", "submitted:2", "waiting:3", "retry"])
 def test_a_harness_killed_at_each_step_then_resumed_runs_every_seed_exactly_once(cwd: Path, step: str) -> None:
     markers = cwd / "markers"
-    seeds = list(range(1, 13))
-    harness = launch(cwd, marking(markers, fail_first_try_of=(3, 7)), len(seeds), "--workers", "4",
+    seeds = list(range(1, 25))
+    harness = launch(cwd, marking(markers, fail_first_try_of=(3, 7, 16, 20)), len(seeds), "--workers", "4",
                      "--max-retries", "1", fault=step)
     output, _ = harness.communicate(timeout=120)
     assert harness.returncode == -signal.SIGKILL, output

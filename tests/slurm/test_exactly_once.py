@@ -53,8 +53,8 @@ def stand_in(folder: Path, name: str, body: str) -> dict[str, str]:
 @pytest.mark.parametrize("step", ["planned", "intent", "submitted", "held", "released", "waiting:2", "retry"])
 def test_a_harness_killed_at_each_step_then_resumed_runs_every_seed_exactly_once(tmp_path: Path, step: str) -> None:
     markers = tmp_path / "markers"
-    seeds = list(range(1, 7))
-    code = launch(tmp_path, marking(markers, fail_first_try_of=(2, 5), sleep=0.2), len(seeds), "--wait",
+    seeds = list(range(1, 13))
+    code = launch(tmp_path, marking(markers, fail_first_try_of=(2, 5, 11), sleep=0.2), len(seeds), "--wait",
                   "--max-retries", "1", env=clean_env(BENCHMARK_FAULT=step))
     assert code == -signal.SIGKILL
     resume_until_done(tmp_path)
