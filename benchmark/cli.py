@@ -211,17 +211,20 @@ def resume(args: ResumeArgs) -> int:
     sweep.rerun_unfinished()
     jobs = list(manifest.jobs.values())
     todo = [r for r in jobs if r.state == PENDING]
-    submitted = [r for r in jobs if r.state in SUBMITTED_STATES]
+    held = [r for r in manifest.records() if r.state == HELD]
+    submitted = [r for r in jobs if r.state in SUBMITTED_STATES and r.state != HELD]
     if submitted:
         shown = ", ".join(r.id for r in submitted[:10]) + (f" and {len(submitted) - 10} more" if len(submitted) > 10
                                                            else "")
         say(f"left alone, still queued or running: {shown}")
-    held = [r for r in manifest.records() if r.state in (HELD, PENDING)]
-    if not held and not (sweep.waiting and submitted):
+    if held:
+        say(f"releasing {len(held)} job(s) a harness left held")
+    if not todo and not held and not (sweep.waiting and submitted):
         say(f"nothing to resume: {sum(r.state == COMPLETED for r in jobs)} of {len(jobs)} jobs completed")
         return 0
     _warn_missing_secrets(manifest)
-    say(f"resuming {len(todo)} of {len(jobs)} jobs")
+    if todo:
+        say(f"resuming {len(todo)} of {len(jobs)} jobs")
     return _run(sweep)
 
 

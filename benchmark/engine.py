@@ -332,7 +332,7 @@ def current(manifest: Manifest, scheduler: Scheduler) -> list[str]:
     notes = scheduler.poll(watched) if watched else []
     held = sum(r.state == HELD for r in manifest.records())
     if held and run_dir_owner(manifest.run_dir) is None:
-        notes.append(f"{held} job(s) HELD: the harness that submitted them is gone before releasing them; "
+        notes.append(f"{held} job(s) HELD: the harness that submitted them died before releasing them; "
                      f"`benchmark resume {manifest.run_dir}` releases them")
     return notes
 
