@@ -145,3 +145,20 @@ def test_jobs_that_died_with_the_harness_are_lost_and_resumed(cwd: Path) -> None
     jobs = records(cwd / "r")
     assert {j["state"] for j in jobs.values()} == {"COMPLETED"}
     assert sorted(t["state"] for j in jobs.values() for t in j["tries"]) == ["LOST", "LOST"]
+
+
+def test_a_second_ctrl_c_kills_at_once_and_still_records_every_job(cwd: Path) -> None:
+    stubborn = "stubborn=sh -c 'trap \"\" TERM; echo $$ >> pids; while true; do sleep 0.1; done' job"
+    harness = start_harness(cwd, "--command", stubborn, "--num-seeds", "3", "--workers", "2", "--run-dir", "r",
+                            "--grace-period", "60")
+    wait_for(lambda: len(lines(cwd / "pids")) == 2, what="two jobs")
+    pids = [int(p) for p in lines(cwd / "pids")]
+    began = time.monotonic()
+    harness.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    harness.send_signal(signal.SIGINT)  # impatient: no 60 s of grace
+    output, _ = harness.communicate(timeout=30)
+    assert time.monotonic() - began < 15, output
+    assert harness.returncode == 128 + signal.SIGINT and "Traceback" not in output, output
+    wait_for(lambda: not any(alive(p) for p in pids), timeout=5, what="the jobs to die")
+    assert sorted(j["state"] for j in records(cwd / "r").values()) == ["CANCELLED", "CANCELLED", "PENDING"]
