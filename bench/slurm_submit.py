@@ -57,6 +57,7 @@ def harness(
     commands = [arg for i in range(variants) for arg in ("--command", f"v{i}=true")]
     argv = [
         sys.executable, str(REPO / "benchmark" / "benchmark.py"), *commands, "--num-seeds", str(seeds),
+        "--workers", str(seeds),  # every task at once (0 would write the scripts and submit nothing)
         "--slurm-template-path", str(REPO / "templates" / "trl.slurm_template"), "--slurm-gpus-per-task", "0",
         "--slurm-total-cpus", "1", "--seed-flag", "", f"--slurm-extra={NICE}", "--run-dir", str(run_dir),
     ]

@@ -19,11 +19,12 @@ from typing import Annotated, Literal, Optional
 import tyro
 
 from benchmark import engine
-from benchmark.backends import BackendError, get_scheduler, name_wandb_run
+from benchmark.backends import BackendError, Scheduler, get_scheduler, name_wandb_run
 from benchmark.engine import Sweep, fault_point
 from benchmark.manifest import (
     COMPLETED,
     HELD,
+    MANIFEST_NAME,
     PENDING,
     SUBMITTED_STATES,
     FollowUpRecord,
@@ -33,10 +34,10 @@ from benchmark.manifest import (
     RunDirBusy,
     run_dir_owner,
 )
-from benchmark.plan import ArraySettings, LaunchRequest, PlanError, make_plan, variant_folder
+from benchmark.plan import ArraySettings, LaunchRequest, Plan, PlanError, make_plan, variant_folder
 from benchmark.redact import Redactor, referenced_secrets
 from benchmark.tags import add_worktree
-from benchmark.view import say, say_error, status_table
+from benchmark.view import say, say_error, say_note, status_table
 
 
 # The field types are spelled so that tyro checks the defaults without importing typeguard, which
@@ -54,7 +55,8 @@ class LaunchArgs:
     start_seed: int = 1
     """the first seed"""
     workers: int = 0
-    """jobs at once (local pool); 0 prints the commands and runs nothing, as in TRL"""
+    """jobs at once (Slurm: tasks of each array at once); 0 runs nothing, as in TRL: it prints the commands, or
+    with a Slurm template writes the scripts under the run dir and submits nothing"""
     auto_tag: bool = True
     """add the git tag (and `pr-N` when known locally) to WANDB_TAGS"""
     slurm_template_path: Optional[str] = None
@@ -156,9 +158,13 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
     description = scheduler.describe(records)
     for note in plan.notes():
         say(note)
+    for warning in plan.missing_programs():
+        say_note(warning)
     if args.dry_run:
         say(description)
         return 0
+    if plan.backend.name == "slurm" and plan.backend.workers == 0:
+        return _write_scripts(scheduler, records, run_dir)
 
     manifest = Manifest.create(run_dir, plan, records, followup)
     say(f"run dir {run_dir}: {len(plan.variants)} variant(s) x {len(plan.seeds)} seed(s)")
@@ -166,19 +172,37 @@ def launch(args: LaunchArgs, argv: list[str]) -> int:
     return _run(Sweep(manifest, scheduler))
 
 
+def _write_scripts(scheduler: Scheduler, records: list[JobRecord], run_dir: Path) -> int:
+    """`--workers 0` on Slurm, as TRL's benchmark.py with a template: the scripts are written, nothing is submitted,
+    and no manifest is made (`status` and `resume` say the run dir holds none)."""
+    from benchmark.backends.slurm import SlurmBackend  # here, as in get_scheduler: a local launch never loads it
+
+    assert isinstance(scheduler, SlurmBackend)
+    if (run_dir / MANIFEST_NAME).exists():
+        raise PlanError(f"{run_dir} holds a run already: give --workers 0 another --run-dir")
+    _check_out_refs(scheduler.plan, run_dir)  # the scripts of `--ref` variants run in their worktrees
+    for line in scheduler.write_scripts(records):
+        say_note(line)
+    settings = scheduler.settings
+    ignored = " and ".join(flag for flag, given in (("--wait", settings.wait), ("--then", settings.then)) if given)
+    say("nothing submitted: --workers 0 writes the scripts only, as TRL's benchmark.py did; --workers N submits them "
+        f"(N tasks of each variant at once) and records the run{f'; {ignored} ignored' if ignored else ''}")
+    return 0
+
+
 def _run(sweep: Sweep) -> int:
-    _check_out_refs(sweep.manifest)
+    _check_out_refs(sweep.manifest.plan, sweep.manifest.run_dir)
     code = sweep.run()
     say(f"status: benchmark status {sweep.manifest.run_dir}")
     return code
 
 
-def _check_out_refs(manifest: Manifest) -> None:
+def _check_out_refs(plan: Plan, run_dir: Path) -> None:
     """A worktree for each `--ref` variant, made once (a resume finds it there)."""
-    for variant in manifest.plan.variants:
-        path = manifest.plan.workdir(manifest.run_dir, variant.name)
+    for variant in plan.variants:
+        path = plan.workdir(run_dir, variant.name)
         if variant.commit and not path.exists():
-            if problem := add_worktree(manifest.plan.cwd, str(path), variant.commit):
+            if problem := add_worktree(plan.cwd, str(path), variant.commit):
                 raise PlanError(f"{variant.name}: cannot check out {variant.commit} at {path}: {problem}")
             say(f"{variant.name}: {variant.commit[:12]} checked out at {path}")
 

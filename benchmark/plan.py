@@ -9,15 +9,19 @@ No job is started and nothing is written here.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import itertools
 import math
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 import typing
 from dataclasses import dataclass
+from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -38,6 +42,8 @@ _PYTHON = re.compile(r"python[0-9.]*")
 _ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 # Characters that end a word for bash, outside quotes.
 _METACHARACTERS = " \t\n;&|()<>"
+# Words whose value only bash knows: a variable, a command's output, a glob.
+_EXPANDED = re.compile(r"[$`*?\[]")
 
 
 @dataclass(frozen=True)
@@ -303,6 +309,23 @@ class Plan:
         return [f"note: {v.name}: `{self.seed_flag} {self.seeds[0]}` goes to the last command only: `{target}`"
                 for v in self.variants if (target := seed_target(v.command))]
 
+    def missing_programs(self) -> list[str]:
+        """A warning for each Python program a command runs that is not here: a script that is no file in the
+        jobs' folder, a module this Python cannot find. Warnings only: it may exist on the cluster alone."""
+        warnings = []
+        for variant in self.variants:
+            if variant.commit:  # it runs in its ref's worktree, which the launch makes
+                continue
+            folder = Path(self.cwd)
+            for words in _simple_commands(variant.command):
+                if words[0] == "cd":
+                    if len(words) != 2 or _EXPANDED.search(words[1]):
+                        break  # a folder only bash knows: the next paths cannot be checked
+                    folder = Path(os.path.normpath(folder / os.path.expanduser(words[1])))
+                elif (program := _python_program(words)) and (problem := _missing(*program, folder)):
+                    warnings.append(f"warning: {variant.name}: {problem}")
+        return warnings
+
     def workdir(self, run_dir: Path, variant: str) -> Path:
         """Where the variant's jobs run: its ref's worktree under the run dir, else the launch's folder."""
         return run_dir.resolve() / "refs" / variant_folder(variant) if self.variant(variant).commit else Path(self.cwd)
@@ -321,6 +344,83 @@ class Plan:
         backend = _typed(_SETTINGS[settings.pop("name")], settings)
         variants = tuple(_typed(Variant, v) for v in data["variants"])
         return _typed(cls, data | {"backend": backend, "variants": variants})
+
+
+def _simple_commands(command: str) -> list[list[str]]:
+    """The words of each simple command of `command`, split at bash's operators (`&&`, `;`, `|`, ...);
+    a redirection's target comes out as a command of its own, which runs no program."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split, lexer.commenters = True, ""
+    try:
+        tokens = list(lexer)
+    except ValueError:  # unbalanced quotes: refused with the plan's own words elsewhere
+        return []
+    commands: list[list[str]] = [[]]
+    for token in tokens:
+        if set(token) <= set(";&|()<>"):
+            commands.append([])
+        else:
+            commands[-1].append(token)
+    return [words for words in commands if words]
+
+
+def _python_program(words: list[str]) -> tuple[str, str, bool] | None:
+    """What a simple command runs, if it runs Python: (its launcher as written, the script or module, whether
+    a module), for `python X.py`, `python -m M`, `accelerate launch X.py` and `torchrun X.py`."""
+    words = list(itertools.dropwhile(_ENV_ASSIGNMENT.match, words))
+    name = words[0].rsplit("/", 1)[-1] if words else ""
+    if _PYTHON.fullmatch(name):
+        args, i = words[1:], 0
+        while i < len(args) and args[i].startswith("-") and args[i] != "-":
+            if args[i].startswith("-m"):
+                module = args[i][2:] or (args[i + 1] if i + 1 < len(args) else "")
+                return (f"{words[0]} -m", module, True) if module else None
+            if args[i].startswith("-c"):
+                return None
+            i += 2 if args[i] in ("-W", "-X") else 1
+        return (words[0], args[i], False) if i < len(args) and args[i] != "-" else None
+    if name == "accelerate" and words[1:2] == ["launch"]:
+        launcher, args = "accelerate launch", words[2:]
+    elif name == "torchrun":
+        launcher, args = words[0], words[1:]
+    else:
+        return None
+    # Their options may take values, so the program is the word after -m, or the first one ending in .py.
+    for i, word in enumerate(args):
+        if word in ("-m", "--module"):
+            return (f"{launcher} {word}", args[i + 1], True) if i + 1 < len(args) else None
+        if word.endswith(".py") and not word.startswith("-"):
+            return launcher, word, False
+    return None
+
+
+def _missing(launcher: str, program: str, is_module: bool, folder: Path) -> str | None:
+    """Why `launcher program`, run in `folder`, would not find its program; None if it would, or if only bash knows."""
+    if _EXPANDED.search(program):
+        return None
+    if not is_module:
+        path = Path(os.path.expanduser(program))
+        return None if (folder / path).is_file() else f"{launcher} {program}: no such file in {folder}"
+    try:
+        return None if _module_found(program, folder) else (
+            f"{launcher} {program}: no such module in {folder} or in this Python ({sys.executable})")
+    except (ImportError, ValueError):  # a name the finders refuse: say nothing rather than guess
+        return None
+
+
+def _module_found(name: str, folder: Path) -> bool:
+    """Whether `python -m name` in `folder` finds its module. Searched only, never imported: importing even a
+    parent package runs its code, which may be slow or start something."""
+    if name in sys.modules:  # os.path, say: no finder knows it by that name
+        return True
+    parts = name.split(".")
+    # `python -m` looks in its folder first; then sys.path and its finders (an editable install's included).
+    spec = PathFinder.find_spec(parts[0], [str(folder)]) or importlib.util.find_spec(parts[0])
+    for i in range(1, len(parts)):
+        if spec is None or not spec.submodule_search_locations:
+            return False
+        spec = PathFinder.find_spec(".".join(parts[: i + 1]), list(spec.submodule_search_locations))
+    return spec is not None
 
 
 def _typed(cls: type, data: dict[str, Any]) -> Any:

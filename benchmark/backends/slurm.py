@@ -13,6 +13,7 @@ import difflib
 import getpass
 import os
 import re
+import shlex
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -235,8 +236,10 @@ class SlurmBackend(SlurmArrays):
         for group in self.batches(records, []):
             variant, script = group[0].variant, self.prepare(group)
             parts += [f"# {w}" for w in ignored_directives(self.template, script.text, script.parsed)]
+            token = None if self.settings.workers == 0 else "<token>"
             parts.append(f"# {variant}: job array over seeds {[r.seed for r in group]}, "
-                         f"script {self.run_dir / 'scripts' / variant_folder(variant)}-<time>.sh")
+                         f"script {self.script_path(variant, token)}"
+                         + (": --workers 0 writes it and submits nothing" if token is None else ""))
             if options := explicit_options(self.settings):
                 parts.append(f"# submitted with: sbatch {' '.join(options)}")
             parts.append(script.text)
@@ -246,17 +249,8 @@ class SlurmBackend(SlurmArrays):
 
     def submit(self, records: list[JobRecord], token: str, script: _Script, exclude: list[str]) -> list[str]:
         variant = records[0].variant
-        notes = ignored_directives(self.template, script.text, script.parsed)
-        (self.run_dir / "scripts").mkdir(exist_ok=True)
-        path = self.run_dir / "scripts" / f"{variant_folder(variant)}-{token}.sh"
-        path.write_text(script.text)
-        # Slurm does not make the folders of a task's logs; TRL's benchmark.py made slurm/logs itself.
-        for pattern in script.logs:
-            try:
-                if "%" not in str(pattern.parent):
-                    pattern.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as error:
-                notes.append(f"warning: {variant}: cannot make the folder of its log {pattern}: {error}")
+        path = self.script_path(variant, token)
+        notes = self._write(variant, script, path)
         options = explicit_options(self.settings) + ([f"--exclude={','.join(exclude)}"] if exclude else [])
         # The variant's variables reach the tasks of any template through sbatch's environment
         # (--export=ALL, sbatch's default), TRL's own included, which exports none of them itself.
@@ -272,6 +266,39 @@ class SlurmBackend(SlurmArrays):
         for index, record in enumerate(records):
             record.log = sbatch_script.expand(log, A=array, a=index, x=job_name, u=getpass.getuser())
         return [*notes, f"{variant}: submitted job array {array} ({len(records)} tasks), script {path}"]
+
+    def script_path(self, variant: str, token: str | None) -> Path:
+        """Where a variant's script goes: named after the submission's token; one never submitted has none."""
+        return self.run_dir / "scripts" / f"{variant_folder(variant)}{f'-{token}' if token else ''}.sh"
+
+    def _write(self, variant: str, script: _Script, path: Path) -> list[str]:
+        """Write the script and make its logs' folders; the warnings for the user."""
+        notes = ignored_directives(self.template, script.text, script.parsed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(script.text)
+        # Slurm does not make the folders of a task's logs; TRL's benchmark.py made slurm/logs itself.
+        for pattern in script.logs:
+            try:
+                if "%" not in str(pattern.parent):
+                    pattern.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                notes.append(f"warning: {variant}: cannot make the folder of its log {pattern}: {error}")
+        return notes
+
+    def write_scripts(self, records: list[JobRecord]) -> list[str]:
+        """`--workers 0`, as TRL's benchmark.py: each variant's script written with its logs' folders, nothing
+        submitted; lines saying how to submit each by hand."""
+        lines = []
+        for group in self.batches(records, []):
+            variant = group[0].variant
+            path = self.script_path(variant, None)
+            lines += self._write(variant, self.prepare(group), path)
+            # Relative paths in a script mean what they mean in the folder sbatch runs in.
+            workdir = self.plan.workdir(self.run_dir, variant)
+            sbatch = shlex.join(["sbatch", *explicit_options(self.settings), str(path.resolve())])
+            where = "" if workdir == Path(self.plan.cwd) else f"cd {shlex.quote(str(workdir))} && "
+            lines.append(f"{variant}: wrote {path}; to submit it: {where}{sbatch}")
+        return lines
 
     def find(self, records: list[Record], token: str) -> bool:
         if not super().find(records, token):

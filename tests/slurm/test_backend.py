@@ -10,11 +10,13 @@ from cli import REPO, clean_env, cli_argv, followup, records, run_cli, wait_for,
 
 pytestmark = pytest.mark.slurm
 TEMPLATE = str(REPO / "templates" / "trl.slurm_template")
-SLURM = ("--slurm-template-path", TEMPLATE, "--slurm-total-cpus", "1", "--poll-interval", "0.3", "--run-dir", "r")
+# --workers 0 would write the scripts and submit nothing, as in TRL.
+SLURM = ("--workers", "10", "--slurm-template-path", TEMPLATE, "--slurm-total-cpus", "1", "--poll-interval", "0.3",
+         "--run-dir", "r")
 
 
 def sweep(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return run_cli(*args, *SLURM, cwd=cwd, timeout=timeout)
+    return run_cli(*SLURM, *args, cwd=cwd, timeout=timeout)  # a test's own --workers comes last and wins
 
 
 def sacct_states(array: str) -> list[str]:
@@ -140,7 +142,7 @@ def test_sbatch_refusing_one_variant_leaves_the_others_submitted(cwd: Path) -> N
     template.write_text(original.replace(
         "#SBATCH --export=ALL", "#SBATCH --export=ALL\n{% if job_name == 'bad' %}#SBATCH --partition=nope{% endif %}"
     ))
-    result = run_cli("--command", "good=true", "--command", "bad=true", "--num-seeds", "2",
+    result = run_cli("--command", "good=true", "--command", "bad=true", "--num-seeds", "2", "--workers", "2",
                      "--slurm-template-path", str(template), "--slurm-total-cpus", "1", "--wait",
                      "--poll-interval", "0.3", "--run-dir", "r", cwd=cwd, timeout=120)
     assert result.returncode == 1
@@ -257,8 +259,9 @@ def test_a_log_slurm_cannot_write_is_named(cwd: Path) -> None:
     template = cwd / "unwritable.slurm_template"
     template.write_text((Path(__file__).parent / "trl_original.slurm_template").read_text().replace(
         "slurm/logs/%x_%j.out", "/proc/no-such-folder/%x_%j.out"))
-    result = run_cli("--command", "echo trl", "--num-seeds", "1", "--slurm-gpus-per-task", "1", "--slurm-ntasks", "1",
-                     "--slurm-total-cpus", "2", "--slurm-template-path", str(template), "--slurm-partition", "debug",
+    result = run_cli("--command", "echo trl", "--num-seeds", "1", "--workers", "1", "--slurm-gpus-per-task", "1",
+                     "--slurm-ntasks", "1", "--slurm-total-cpus", "2", "--slurm-template-path", str(template),
+                     "--slurm-partition", "debug",
                      "--poll-interval", "0.3", "--run-dir", "r", "--wait", cwd=cwd, timeout=180)
     assert result.returncode == 1
     assert "cannot make the folder of its log /proc/no-such-folder/%x_%j.out" in result.stderr
@@ -336,8 +339,8 @@ def test_a_task_whose_node_fails_is_retried_on_another_node(cwd: Path) -> None:
 
 def test_a_task_that_can_never_start_is_named_with_slurms_reason(cwd: Path) -> None:
     # TRL's default of 50 CPUs for one GPU, on nodes of 8 CPUs: Slurm queues it and never starts it.
-    result = run_cli("--command", "greedy=true", "--num-seeds", "1", "--slurm-template-path", TEMPLATE,
-                     "--run-dir", "r", cwd=cwd)
+    result = run_cli("--command", "greedy=true", "--num-seeds", "1", "--workers", "1", "--slurm-template-path",
+                     TEMPLATE, "--run-dir", "r", cwd=cwd)
     assert result.returncode == 0, result.stderr
     try:
         wait_for(lambda: "pending for good: Slurm says BadConstraints" in status_rows(cwd), timeout=60,

@@ -21,7 +21,7 @@ from benchmark.backends import slurm
 
 pytestmark = pytest.mark.slurm
 TEMPLATE = str(REPO / "templates" / "trl.slurm_template")
-SLURM = ("--slurm-template-path", TEMPLATE, "--slurm-total-cpus", "1", "--slurm-gpus-per-task", "0",
+SLURM = ("--workers", "10", "--slurm-template-path", TEMPLATE, "--slurm-total-cpus", "1", "--slurm-gpus-per-task", "0",
          "--poll-interval", "0.3", "--run-dir", "r")
 
 

@@ -216,8 +216,8 @@ def test_any_shell_command_runs_on_slurm_and_a_secret_stays_out_of_the_run_dir(t
     (tmp_path / "sub").mkdir()
     commands = [("--command", f"{name}={command}") for name, (command, _) in SHELL_COMMANDS.items()]
     commands[-1] = ("--command", f"secret=MY_TOKEN={SECRET} sh -c 'echo ${{#MY_TOKEN}} $2' x")  # inline, as users write
-    result = run_cli(*(arg for pair in commands for arg in pair), "--num-seeds", "2", "--start-seed", "5",
-                     "--slurm-template-path", str(DEFAULT_TEMPLATE), "--slurm-total-cpus", "1", "--poll-interval",
+    result = run_cli(*(arg for pair in commands for arg in pair), "--num-seeds", "2", "--start-seed", "5", "--workers",
+                     "2", "--slurm-template-path", str(DEFAULT_TEMPLATE), "--slurm-total-cpus", "1", "--poll-interval",
                      "0.3", "--wait", "--run-dir", "r", cwd=tmp_path, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = records(tmp_path / "r")
