@@ -1,13 +1,16 @@
-"""The PPO math of TRL's classic PPOTrainer, as pure functions on tensors.
+"""The PPO math of TRL's classic PPOTrainer, as pure functions on tensors; and `set_seed` and `LengthSampler`,
+which classic code imports from `trl.core`.
 
 Shapes: B rollouts, N response positions. `mask` is 1 on the tokens a rollout generated (a prefix of
 the N positions), 0 on the padding after its end.
 """
 
 import math
+import random
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -327,3 +330,20 @@ def ppo_loss(
             "val/var": masked_var(old_values, mask),
         }
     return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's, numpy's and torch's random generators (every device's), as classic TRL's `set_seed`."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+class LengthSampler:
+    """A length drawn uniformly from [min_value, max_value) with numpy's global generator, as classic TRL's."""
+
+    def __init__(self, min_value: int, max_value: int) -> None:
+        self.values = list(range(min_value, max_value))
+
+    def __call__(self) -> int:
+        return np.random.choice(self.values)

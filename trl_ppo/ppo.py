@@ -5,6 +5,9 @@ classifier; a per-token KL penalty keeps the policy near a frozen reference. Rea
 bottom: rollout -> reward -> `PPOTrainer.step` (forward pass -> rewards -> advantages -> PPO epochs ->
 statistics -> KL controller) -> logging. `PPOTrainer.step` takes the same inputs as classic TRL's
 `PPOTrainer.step(queries, responses, scores)` and computes the same numbers (tests/ppo/test_parity.py).
+`PPOTrainer` is classic TRL's whole public trainer (its constructor, `dataloader`, `generate`, `step`,
+`log_stats`, `save_pretrained`), so classic code runs with `trl` replaced by `trl_ppo` in its imports;
+`train` below is written against it.
 
     python -m trl_ppo.ppo --ppo_config.log_with wandb
     python -m trl_ppo.ppo --ppo_config.model_name DIR/gpt2-imdb \\
@@ -20,7 +23,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -29,12 +32,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import tyro
+from accelerate import Accelerator
 from torch.nn.parallel import DistributedDataParallel
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
 from trl_ppo import core
+from trl_ppo.core import set_seed
 from trl_ppo.models import (
-    PolicyWithValueHead,
+    AutoModelForCausalLMWithValueHead,
+    create_reference_model,
     load_policy,
     load_tokenizer,
     output_head,
@@ -54,7 +60,7 @@ class PPOConfig:
     seed: int = 0
     """random seed (the top-level --seed overrides it)"""
     log_with: Literal["wandb", "none"] = "none"
-    """where to log metrics; `none` logs nothing and needs no W&B account"""
+    """where to log metrics; `none` (or None, classic TRL's default) logs nothing and needs no W&B account"""
     tracker_project_name: str = "trl"
     """W&B project"""
     model_name: str = "gpt2"
@@ -116,7 +122,8 @@ class PPOConfig:
     task_name: str | None = None
     """accepted for classic command lines; not used"""
     remove_unused_columns: bool = True
-    """accepted for classic command lines; not used (no dataset columns reach the trainer)"""
+    """PPOTrainer's dataloader drops the columns of a `datasets.Dataset` other than input_ids, attention_mask,
+    label, query and response (the script's prompts never go through it)"""
     optimize_cuda_cache: bool | None = None
     """accepted for classic command lines; not used (nothing to free between passes)"""
     optimize_device_cache: bool = False
@@ -162,7 +169,8 @@ class Args:
     bf16: bool = False
     """run generation and forward passes under bfloat16 autocast (weights and optimiser stay float32)"""
     output_dir: str | None = None
-    """save the trained policy (or its adapters), value head and tokenizer here"""
+    """save the trained policy (or its adapters) with its value head, and the tokenizer, here (as classic TRL
+    saves them: AutoModelForCausalLMWithValueHead.from_pretrained loads the folder back)"""
     table_every: int = 10
     """log a table of queries, responses and rewards every this many steps"""
 
@@ -171,8 +179,8 @@ class ConfigError(ValueError):
     """Settings that cannot work together; raised before anything loads."""
 
 
-def validate(args: Args) -> None:
-    cfg = args.ppo_config
+def config_errors(cfg: PPOConfig) -> list[str]:
+    """What is wrong with a PPOConfig (empty when nothing is)."""
     backward_batch = cfg.mini_batch_size * cfg.gradient_accumulation_steps
     checks = [
         (cfg.batch_size > 0 and cfg.mini_batch_size > 0 and cfg.gradient_accumulation_steps > 0,
@@ -191,15 +199,22 @@ def validate(args: Args) -> None:
         (0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1, "gamma and lam must lie in [0, 1]"),
         (not cfg.early_stopping or cfg.target_kl > 0, "early_stopping needs target_kl > 0"),
         (cfg.max_grad_norm is None or cfg.max_grad_norm > 0, "max_grad_norm must be positive"),
+        (cfg.log_with in ("wandb", "none", None), f"log_with must be wandb or none, got {cfg.log_with!r}"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+def validate(args: Args) -> None:
+    checks = [
         (1 <= args.query_min_length < args.query_max_length,
          "need 1 <= query_min_length < query_max_length (the upper end is exclusive)"),
         (args.max_new_tokens > 0, "max_new_tokens must be positive"),
         (not args.use_peft or (args.lora_r > 0 and args.lora_alpha > 0), "lora_r and lora_alpha must be positive"),
         (args.table_every > 0, "table_every must be positive"),
     ]
-    errors = [message for ok, message in checks if not ok]
+    errors = config_errors(args.ppo_config) + [message for ok, message in checks if not ok]
     try:
-        parse_reward_model(cfg.reward_model)
+        parse_reward_model(args.ppo_config.reward_model)
     except ValueError as e:
         errors.append(str(e))
     if errors:
@@ -314,6 +329,33 @@ class FullSampling(LogitsProcessor):
         return torch.full_like(scores, -math.inf).scatter_(1, tokens, 0.0)
 
 
+# Settings that reshape or redirect sampling, with the values (transformers' defaults) that leave it alone.
+NEUTRAL_SAMPLING = {
+    "temperature": 1.0, "top_k": 50, "top_p": 1.0, "typical_p": 1.0, "min_p": None, "top_h": None,
+    "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "num_beams": 1, "num_return_sequences": 1, "watermarking_config": None,
+    "output_scores": False, "output_logits": False, "return_dict_in_generate": False,
+}
+
+
+def with_full_sampling(defaults: GenerationConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`generate` keywords that draw plain sampling from the whole softmax (classic TRL's do_sample with top_k 0
+    and top_p 1) by `FullSampling`: the same distribution for a third of the cost. Other keywords come back as
+    they are. `defaults` is the model's generation config, which fills in what the keywords leave unset."""
+    sources = [kwargs, (kwargs.get("generation_config") or GenerationConfig()).to_dict(), defaults.to_dict()]
+
+    def setting(name: str) -> Any:
+        return next((s[name] for s in sources if s.get(name) is not None), NEUTRAL_SAMPLING.get(name))
+
+    neutral = {**NEUTRAL_SAMPLING, "top_k": 0}  # top_k unset means 50 in transformers
+    if not setting("do_sample") or "assistant_model" in kwargs or any(
+        setting(name) != value for name, value in neutral.items()
+    ):
+        return kwargs
+    fast = {k: v for k, v in kwargs.items() if k not in ("do_sample", "top_k", "top_p", "temperature")}
+    return {**fast, "do_sample": False, "logits_processor": LogitsProcessorList(
+        [*kwargs.get("logits_processor", []), FullSampling()])}
+
+
 def clock(device: torch.device) -> float:
     """Wall time after the device finished its queued work, so GPU timings are real."""
     if device.type == "cuda":
@@ -321,44 +363,194 @@ def clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-@dataclass
-class StepResult:
-    """What one PPO step reports: scalar metrics (classic names) and the distributions behind some of them."""
-
-    metrics: dict[str, float]
-    distributions: dict[str, torch.Tensor]
+# The dataset columns classic TRL's dataloader keeps: its model's forward arguments and what the logs show.
+DATASET_COLUMNS = ("input_ids", "attention_mask", "label", "query", "response")
 
 
 class PPOTrainer:
-    """Classic TRL's `PPOTrainer.step`: one PPO update from given rollouts, and the state kept between steps.
+    """Classic TRL's PPOTrainer (0.11): `generate` rollouts, `step` (one PPO update on them), `log_stats`.
 
-    The state: the optimiser, the KL coefficient, the running score moments and the mini-batch shuffle
-    (numpy's, as classic TRL's `np.random.permutation`, seeded with this process's seed).
+    Built as classic TRL's: the policy with its value head, a reference (by default a frozen copy of the
+    policy, or with PEFT the policy with its adapters off), a tokenizer, and optionally a dataset that
+    `dataloader` serves in batches of `config.batch_size` through `data_collator`. The constructor seeds
+    every generator with `config.seed` (+ the process's rank) and moves the models to `accelerator.device`;
+    `bf16` (not classic) runs generation and forward passes under bfloat16 autocast.
+
+    The state kept between steps: the optimiser (Adam unless given), the KL coefficient, the running score
+    moments and the mini-batch shuffle (numpy's, as classic TRL's `np.random.permutation`).
     """
 
     def __init__(
-        self, cfg: PPOConfig, policy: PolicyWithValueHead, reference: torch.nn.Module | None, pad_id: int,
-        seed: int, bf16: bool = False,
+        self,
+        config: PPOConfig,
+        model: AutoModelForCausalLMWithValueHead,
+        ref_model: AutoModelForCausalLMWithValueHead | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        dataset: Any = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        data_collator: Callable | None = None,
+        num_shared_layers: int | None = None,
+        lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        *,
+        bf16: bool = False,
     ) -> None:
-        self.cfg, self.policy, self.reference, self.pad_id = cfg, policy, reference, pad_id
-        self.device = next(policy.parameters()).device
+        if errors := config_errors(config):
+            raise ConfigError("; ".join(errors))
+        if not isinstance(model, AutoModelForCausalLMWithValueHead):
+            raise TypeError(f"model must be an AutoModelForCausalLMWithValueHead, got {type(model).__name__}")
+        if not isinstance(tokenizer, PreTrainedTokenizerBase):
+            raise TypeError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}")
+        self.config, self.tokenizer, self.policy = config, tokenizer, model
+        # Under `accelerate launch` the Accelerator starts the process group; under our own launch it finds it.
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world = dist.get_world_size() if dist.is_initialized() else 1
-        self.params = [p for p in policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=cfg.learning_rate, fused=True)  # one kernel, same math
-        self.model = DistributedDataParallel(policy) if self.world > 1 else policy
+        set_seed(config.seed + self.rank)
+        self.device = self.current_device = self.accelerator.device
+        self.place(model)
+        self.is_peft_model = model.is_peft_model
+        if ref_model is not None:
+            if num_shared_layers is not None:
+                warnings.warn("num_shared_layers is ignored when a ref_model is given", UserWarning, stacklevel=2)
+            self.ref_model = self.place(ref_model)
+        else:
+            # PEFT: the reference is the policy with its adapters off (see reference_mode).
+            self.ref_model = None if self.is_peft_model else create_reference_model(model, num_shared_layers)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # The fused Adam: one kernel, the same arithmetic.
+        self.optimizer = optimizer or torch.optim.Adam(self.params, lr=config.learning_rate, fused=True)
+        self.lr_scheduler = lr_scheduler
+        self.model = DistributedDataParallel(model) if self.world > 1 else model
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
-        self.kl_coef = cfg.init_kl_coef
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.kl_coef = config.init_kl_coef
         self.score_moments = core.RunningMoments()
-        self.shuffle = np.random.RandomState(seed)
+        self.shuffle = np.random.RandomState(config.seed + self.rank)
+        self.dataset = dataset
+        self.dataloader = None if dataset is None else self.prepare_dataloader(dataset, data_collator)
+        self.run = self.init_tracker()
+
+    def place(self, model: AutoModelForCausalLMWithValueHead) -> AutoModelForCausalLMWithValueHead:
+        """The model on this process's device (unless a device_map placed it), in eval mode (no dropout)."""
+        if getattr(model.lm, "hf_device_map", None) is None:
+            model.to(self.device)
+        return model.eval()
+
+    def prepare_dataloader(self, dataset: Any, data_collator: Callable | None = None) -> torch.utils.data.DataLoader:
+        """Shuffled batches of `config.batch_size`, the last incomplete one dropped, split over the processes;
+        a `datasets.Dataset` keeps only DATASET_COLUMNS (unless `config.remove_unused_columns` is off)."""
+        from datasets import Dataset
+
+        if isinstance(dataset, Dataset) and self.config.remove_unused_columns:
+            dataset = dataset.remove_columns([c for c in dataset.column_names if c not in DATASET_COLUMNS])
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.config.batch_size, collate_fn=data_collator, shuffle=True, drop_last=True
+        )
+        return self.accelerator.prepare_data_loader(loader)
+
+    def init_tracker(self) -> Any:
+        """The W&B run that `log_stats` writes to (on the main process, with log_with wandb): the caller's own
+        run if one is open (the classic notebook opens one), else a new one in `config.tracker_project_name`."""
+        if self.config.log_with != "wandb" or self.rank != 0:
+            return None
+        import wandb
+
+        config = {"trl_ppo_trainer_config": asdict(self.config)}
+        if wandb.run is not None:
+            wandb.run.config.update(config, allow_val_change=True)
+            return wandb.run
+        return wandb.init(project=self.config.tracker_project_name, config=config)
 
     def sync(self, i: int, n: int) -> AbstractContextManager:
         """For the i-th of n accumulated mini batches: DDP averages gradients over processes once per
         optimiser step, in the last one's backward, not in every mini batch's."""
         return self.model.no_sync() if self.world > 1 and i < n - 1 else nullcontext()
 
-    def step(self, queries: list[torch.Tensor], responses: list[torch.Tensor], scores: torch.Tensor) -> StepResult:
-        """One PPO step on rollouts: token ids of each query and response (ending at its EOS, if any), scores."""
-        cfg, policy, device = self.cfg, self.policy, self.device
+    def generate(
+        self,
+        query_tensor: torch.Tensor | list[torch.Tensor],
+        length_sampler: Callable[[], int] | None = None,
+        batch_size: int = 4,
+        return_prompt: bool = True,
+        generate_ref_response: bool = False,
+        **generation_kwargs: Any,
+    ) -> Any:
+        """The policy's responses to one query (a 1-D tensor: a (1, length) tensor back) or to a list of queries
+        (a list of 1-D tensors back, generated `batch_size` at a time, each without padding and ending at its
+        first EOS), prompts included unless `return_prompt` is False, as classic TRL. `length_sampler` draws
+        max_new_tokens (per batch for a list). `generate_ref_response`: (responses, the reference's responses).
+        """
+        if not isinstance(query_tensor, list) and query_tensor.dim() != 1:
+            raise ValueError("query_tensor must be a 1-D tensor or a list of 1-D tensors")
+        outputs = []
+        for reference in [False, True][: 1 + generate_ref_response]:
+            if isinstance(query_tensor, list):
+                outputs.append(self.generate_batched(
+                    reference, query_tensor, length_sampler, batch_size, return_prompt, generation_kwargs
+                ))
+                continue
+            if length_sampler is not None and not reference:  # classic TRL draws one length for both
+                generation_kwargs["max_new_tokens"] = length_sampler()
+            ids = query_tensor[None]
+            sequences = self.generate_padded(reference, ids, torch.ones_like(ids), generation_kwargs)
+            outputs.append(sequences if return_prompt else sequences[:, len(query_tensor) :])
+        return tuple(outputs) if generate_ref_response else outputs[0]
+
+    def generate_batched(
+        self,
+        reference: bool,
+        queries: list[torch.Tensor],
+        length_sampler: Callable[[], int] | None,
+        batch_size: int,
+        return_prompt: bool,
+        generation_kwargs: dict[str, Any],
+    ) -> list[torch.Tensor]:
+        """Responses to a list of queries, `batch_size` at a time, from left-padded queries.
+
+        A response ends at its first EOS (kept): what follows is padding. Classic TRL looks for that EOS in
+        the prompt too when it returns it; here only the generated tokens are searched.
+        """
+        outputs = []
+        for start in range(0, len(queries), batch_size):
+            if length_sampler is not None:
+                generation_kwargs["max_new_tokens"] = length_sampler()
+            batch = queries[start : start + batch_size]
+            ids, mask = left_pad(batch, self.pad_id)
+            sequences = self.generate_padded(reference, ids, mask, generation_kwargs)
+            responses = until_eos(sequences[:, ids.shape[1] :], self.tokenizer.eos_token_id)
+            outputs += [torch.cat([q.to(r.device), r]) if return_prompt else r
+                        for q, r in zip(batch, responses, strict=True)]
+        return outputs
+
+    def generate_padded(
+        self, reference: bool, ids: torch.Tensor, mask: torch.Tensor, generation_kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        """The policy's (or the reference's) `generate` on left-padded queries: (B, width + new tokens)."""
+        lm = reference_mode(self.policy, self.ref_model) if reference else nullcontext(self.policy.lm)
+        with torch.no_grad(), self.autocast, lm as lm:
+            kwargs = with_full_sampling(lm.generation_config, generation_kwargs)
+            return lm.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kwargs)
+
+    def step(
+        self,
+        queries: list[torch.Tensor],
+        responses: list[torch.Tensor],
+        scores: list[torch.Tensor] | torch.Tensor,
+    ) -> dict[str, Any]:
+        """One PPO step on `config.batch_size` rollouts: token ids of each query and response (ending at its EOS,
+        if any), and a score for each (0-d tensors, or one 1-D tensor).
+
+        Returns classic TRL's statistics under its names: scalars as floats, and as numpy arrays the
+        distributions `objective/kl_dist`, `objective/logprobs`, `objective/ref_logprobs` (over response
+        tokens), `tokens/queries_dist`, `tokens/responses_dist` and `ppo/policy/advantages`. Unlike classic
+        TRL, `ppo/policy/ratio` is the mean ratio, not every token's.
+        """
+        cfg, policy = self.config, self.policy
+        if not len(queries) == len(responses) == len(scores) == cfg.batch_size:
+            raise ValueError(f"batch_size is {cfg.batch_size}: got {len(queries)} queries, {len(responses)} "
+                             f"responses and {len(scores)} scores")
+        scores = as_scores(scores)
+        device = self.device
         t_start = clock(device)
         scores = scores.to(device, torch.float32)
         if cfg.use_score_scaling:
@@ -393,7 +585,7 @@ class PPOTrainer:
             with torch.no_grad(), self.autocast:
                 # The policy's head is taken before reference_mode: with PEFT that turns the adapters off.
                 head = output_head(policy.lm) if cfg.kl_penalty == "full" else None
-                with reference_mode(policy, self.reference) as ref_lm:
+                with reference_mode(policy, self.ref_model) as ref_lm:
                     ref_hidden = response_hidden(ref_lm, ids, attention, tokens.shape[1])
                     ref_head = output_head(ref_lm)
                     chunk_ref_logprobs, _ = core.head_logprobs(ref_hidden, *ref_head, tokens, with_entropy=False)
@@ -470,20 +662,95 @@ class PPOTrainer:
             self.kl_coef = core.adaptive_kl_coef(
                 self.kl_coef, metrics["objective/kl"], cfg.batch_size * self.world, cfg.target, cfg.horizon
             )
+        mask = mask.bool()
+        distributions = {
+            "objective/kl_dist": gather(kl_per_rollout), "objective/logprobs": logprobs[mask],
+            "objective/ref_logprobs": ref_logprobs[mask], "tokens/queries_dist": query_lengths,
+            "tokens/responses_dist": response_lengths, "ppo/policy/advantages": advantages[mask],
+        }
+        stats = {**metrics, **{k: v.float().cpu().numpy() for k, v in distributions.items()}}
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         t_end = clock(device)
-        metrics.update({
+        return {
+            **stats,
             "time/ppo/forward_pass": t_forward - t_start,
             "time/ppo/compute_rewards": t_rewards - t_forward,
             "time/ppo/compute_advantages": t_advantages - t_rewards,
             "time/ppo/optimize_step": t_optimised - t_advantages,
             "time/ppo/calc_stats": t_end - t_optimised,
             "time/ppo/total": t_end - t_start,
-        })
-        mask = mask.bool()
-        return StepResult(metrics, {
-            "objective/kl_dist": gather(kl_per_rollout), "objective/logprobs": logprobs[mask],
-            "objective/ref_logprobs": ref_logprobs[mask],
-        })
+        }
+
+    def log_stats(
+        self,
+        stats: dict[str, Any],
+        batch: dict[str, Any],
+        rewards: list[torch.Tensor] | torch.Tensor,
+        columns_to_log: Iterable[str] = ("query", "response"),
+    ) -> None:
+        """Logs a step's statistics with `env/reward_mean`, `env/reward_std` and `env/reward_dist` (over every
+        process's rewards) and, with log_with wandb, the game log: a table of the batch's `columns_to_log` and
+        each reward. With log_with none nothing is logged. Every process must call it (it gathers)."""
+        rewards = gather(as_scores(rewards).to(self.device, torch.float32)).cpu()
+        columns_to_log = list(columns_to_log)
+        table = None
+        if self.config.log_with == "wandb" and ("query" in batch or "response" in batch):
+            if missing := [c for c in columns_to_log if c not in batch]:
+                raise ValueError(f"columns to log {missing} are not in the batch (its keys: {list(batch)})")
+            table = [gather_objects(list(batch[c])) for c in columns_to_log]
+        if self.rank != 0:
+            return
+        if "query" not in batch and "response" not in batch:
+            warnings.warn("no game log: the batch has neither 'query' nor 'response'", stacklevel=2)
+        logs = {**stats, "env/reward_mean": rewards.mean().item(), "env/reward_std": rewards.std().item(),
+                "env/reward_dist": rewards.numpy()}
+        if self.run is not None:
+            import wandb
+
+            if table is not None:
+                rows = [list(row) for row in zip(*table, rewards.tolist(), strict=True)]
+                logs["game_log"] = wandb.Table(columns=[*columns_to_log, "reward"], data=rows)
+            self.run.log(for_wandb(logs))
+
+    def save_pretrained(self, save_directory: str) -> None:
+        """The policy with its value head (or its adapters and value head) and the tokenizer, from the main
+        process."""
+        if self.rank == 0:
+            self.policy.save_pretrained(save_directory)
+            self.tokenizer.save_pretrained(save_directory)
+
+
+def as_scores(scores: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """One 1-D tensor of scores from a list of single numbers (0-d tensors, as classic TRL takes them) or itself."""
+    if isinstance(scores, torch.Tensor):
+        return scores.flatten()
+    if any(torch.as_tensor(s).numel() != 1 for s in scores):
+        raise ValueError("each score must be a single number (a 0-d tensor)")
+    return torch.stack([torch.as_tensor(s).reshape(()) for s in scores])
+
+
+def gather_objects(items: list[Any]) -> list[Any]:
+    """Every process's items, in rank order (the items themselves when there is one process)."""
+    if not dist.is_initialized():
+        return items
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in part]
+
+
+def for_wandb(logs: dict[str, Any]) -> dict[str, Any]:
+    """Arrays and tensors of several numbers as W&B histograms, single numbers as floats; the rest as it is."""
+    import wandb
+
+    converted = {}
+    for key, value in logs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float().cpu().numpy()
+        if isinstance(value, np.ndarray):
+            value = float(value) if value.size == 1 else wandb.Histogram(value.astype(np.float32))
+        converted[key] = value
+    return converted
 
 
 def init_wandb(args: Args) -> Any:
@@ -507,7 +774,7 @@ def train(args: Args) -> list[dict[str, float]]:
     if args.seed is not None:
         cfg.seed = args.seed
     rank, world, device = setup_distributed()
-    torch.manual_seed(cfg.seed + rank)
+    set_seed(cfg.seed + rank)  # for the value head's first weights; PPOTrainer seeds again, as classic TRL's
 
     tokenizer = load_tokenizer(cfg.model_name)
     reviews = load_reviews(cfg.query_dataset)
@@ -521,35 +788,27 @@ def train(args: Args) -> list[dict[str, float]]:
         cfg.model_name, args.use_peft, args.lora_r, args.lora_alpha, device, args.lora_target_modules
     )
     reward_fn = SentimentReward(cfg.reward_model, device)
-    trainer = PPOTrainer(cfg, policy, reference, tokenizer.pad_token_id, cfg.seed + rank, args.bf16)
-    # The classic sampling (top_k=0, top_p=1: the whole distribution), drawn by `FullSampling`.
-    generation = GenerationConfig(
-        do_sample=False, max_new_tokens=args.max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        # A static KV cache lets the GPU decode without reallocating every token; no gain on CPU.
-        cache_implementation="static" if device.type == "cuda" else None,
-    )
     run = init_wandb(args) if cfg.log_with == "wandb" and rank == 0 else None
     if run is not None:
         trainable, total = trainable_fraction(policy)
         run.summary.update({"model/trainable_params": trainable, "model/total_params": total})
+    trainer = PPOTrainer(cfg, policy, reference, tokenizer, bf16=args.bf16)
+    # The classic sampling: the whole distribution (top_k=0, top_p=1).
+    generation = dict(
+        do_sample=True, top_k=0, top_p=1.0, max_new_tokens=args.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        # A static KV cache lets the GPU decode without reallocating every token; no gain on CPU.
+        cache_implementation="static" if device.type == "cuda" else None,
+    )
 
     n_steps = run_length(len(reviews), cfg.batch_size, world, cfg.steps)
     history = []
     for step, rows in enumerate(batches(len(reviews), cfg.batch_size, n_steps, cfg.seed, rank, world)):
         t_start = clock(device)
 
-        # 1. Rollout: the whole batch generates at once from left-padded queries, always padded to the
-        # longest possible query, so that shapes stay the same from step to step (a static KV cache and
-        # compiled kernels are reused).
+        # 1. Rollout: the whole batch generates at once, from left-padded queries.
         queries = [all_queries[i] for i in rows.tolist()]
-        query_ids, query_mask = left_pad(queries, tokenizer.pad_token_id, args.query_max_length - 1)
-        with torch.no_grad(), trainer.autocast:
-            sequences = policy.lm.generate(
-                input_ids=query_ids.to(device), attention_mask=query_mask.to(device), generation_config=generation,
-                logits_processor=LogitsProcessorList([FullSampling()]),
-            )
-        responses = until_eos(sequences[:, query_ids.shape[1] :].cpu(), tokenizer.eos_token_id)
+        responses = trainer.generate(queries, batch_size=len(queries), return_prompt=False, **generation)
         t_generated = clock(device)
 
         # 2. Score query + response with the reward model.
@@ -558,7 +817,7 @@ def train(args: Args) -> list[dict[str, float]]:
         t_scored = clock(device)
 
         # 3. The PPO update.
-        result = trainer.step(queries, responses, raw_scores)
+        stats = trainer.step(queries, responses, raw_scores)
         t_end = clock(device)
 
         all_scores = gather(raw_scores.to(device))
@@ -566,12 +825,12 @@ def train(args: Args) -> list[dict[str, float]]:
         metrics = {
             "env/reward_mean": all_scores.mean().item(),
             "env/reward_std": all_scores.std().item(),
-            **result.metrics,
+            **{k: v for k, v in stats.items() if isinstance(v, float)},
             "time/generate": t_generated - t_start,
             "time/reward": t_scored - t_generated,
             "time/total": total,
             "perf/samples_per_s": len(all_scores) / total,
-            "perf/tokens_per_s": world * result.metrics["tokens/responses_len_mean"] * len(responses) / total,
+            "perf/tokens_per_s": world * stats["tokens/responses_len_mean"] * len(responses) / total,
         }
         if device.type == "cuda":
             metrics["perf/peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -583,8 +842,8 @@ def train(args: Args) -> list[dict[str, float]]:
         if run is not None:
             import wandb
 
-            histograms = {"env/reward_dist": all_scores, **result.distributions}
-            logged = {**metrics, **{k: wandb.Histogram(v.float().cpu().numpy()) for k, v in histograms.items()}}
+            distributions = {k: v for k, v in stats.items() if isinstance(v, np.ndarray)}
+            logged = for_wandb({**metrics, "env/reward_dist": all_scores, **distributions})
             if step % args.table_every == 0:
                 logged["game_log"] = wandb.Table(
                     columns=["query", "response", "reward"],
@@ -592,10 +851,8 @@ def train(args: Args) -> list[dict[str, float]]:
                 )
             run.log(logged, step=step)
 
-    if args.output_dir is not None and rank == 0:
-        policy.lm.save_pretrained(args.output_dir)
-        tokenizer.save_pretrained(args.output_dir)
-        torch.save(policy.v_head.state_dict(), os.path.join(args.output_dir, "value_head.pt"))
+    if args.output_dir is not None:
+        trainer.save_pretrained(args.output_dir)
     if run is not None:
         run.finish()
     if world > 1:
