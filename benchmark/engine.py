@@ -214,10 +214,11 @@ class Sweep:
         followup.state = HELD
         self.manifest.save(followup)
 
-    def _release_held(self) -> None:
+    def _release_held(self, everything: bool = False) -> None:
+        """Release the held jobs, and the follow-up once it may start (`everything`: whatever is held)."""
         held: list[Record] = [r for r in self.jobs if r.state == HELD]
         followup = self.manifest.followup
-        if followup is not None and followup.state == HELD and self._followup_may_start():
+        if followup is not None and followup.state == HELD and (everything or self._followup_may_start()):
             held.append(followup)
         if not held:
             return
@@ -281,12 +282,7 @@ class Sweep:
                 record.state, record.end = CANCELLED, record.end or time.time()
             self.manifest.save(*active)
             return 128 + (signal.SIGTERM if signum == signal.SIGUSR1 else signum)
-        # Nothing may stay held for good (the follow-up, under retries): what was submitted runs.
-        if held := [r for r in self.manifest.records() if r.state == HELD]:
-            self.scheduler.release(held)
-            for record in held:
-                record.state = QUEUED
-            self.manifest.save(*held, sync=False)
+        self._release_held(everything=True)  # nothing may stay held for good (the follow-up, under retries)
         say(f"{why}: stopped watching; submitted jobs go on. Stop them with: benchmark cancel {self.manifest.run_dir}")
         return 128 + signum
 

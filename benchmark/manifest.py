@@ -330,28 +330,26 @@ def own_run_dir(run_dir: Path) -> int:
 
 def run_dir_owner(run_dir: Path) -> tuple[int, str] | None:
     """The live process that owns the run dir, and when it started, or None."""
-    path = run_dir / LOCK_NAME
+    pid, _, started = (held_by(run_dir / LOCK_NAME) or "").strip().partition(" ")
+    return (int(pid), started) if pid.isdigit() else None
+
+
+def held_by(path: Path) -> str | None:
+    """What the holder of the flock on `path` wrote into it (who it is), or None while no process holds it.
+    Asks with a shared lock, let go at once: a holder taking it just then waits microseconds."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        if lock_is_free(fd):
-            return None
-        pid, _, started = os.pread(fd, 200, 0).decode(errors="replace").strip().partition(" ")
-        return (int(pid), started) if pid.isdigit() else None
-    finally:
-        os.close(fd)
-
-
-def lock_is_free(fd: int) -> bool:
-    """Whether no process holds an exclusive flock on the file; asks with a shared lock, let go at once."""
-    try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return False
-    fcntl.flock(fd, fcntl.LOCK_UN)
-    return True
+        return os.pread(fd, 200, 0).decode(errors="replace")
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _line(record: Record) -> str:

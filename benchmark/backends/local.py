@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.backends import Scheduler, log_path, task_env, variant_env
-from benchmark.manifest import EXIT_DIR, LOST, RUNNING, SUBMITTING, JobRecord, Record, lock_is_free
+from benchmark.manifest import EXIT_DIR, LOST, RUNNING, SUBMITTING, JobRecord, Record, held_by
 from benchmark.plan import LocalSettings, Plan
 from benchmark.procs import stop_process_trees
 
@@ -120,9 +120,10 @@ class LocalPool(Scheduler):
 
     def find(self, records: list[Record], token: str) -> bool:
         (record,) = records
-        started = not _lock_free(self.run_dir / LOCK_DIR / token) or self._exit_file(token).exists()
+        holder = held_by(self.run_dir / LOCK_DIR / token)
+        started = holder is not None or self._exit_file(token).exists()
         if started:
-            record.scheduler_id, record.pid = token, _pid_in(self.run_dir / LOCK_DIR / token)
+            record.scheduler_id, record.pid = token, _pid(holder)
         return started
 
     def poll(self, records: list[Record]) -> list[str]:
@@ -131,7 +132,7 @@ class LocalPool(Scheduler):
             child = self.children.get(token)
             if child is not None and child.poll() is None:
                 continue
-            if child is None and not _lock_free(self.run_dir / LOCK_DIR / token):
+            if child is None and held_by(self.run_dir / LOCK_DIR / token) is not None:
                 record.state = RUNNING
                 continue
             self.children.pop(token, None)
@@ -158,9 +159,9 @@ class LocalPool(Scheduler):
     def cancel(self, records: list[Record], hurry: Callable[[], bool] | None = None) -> list[str]:
         pids = []
         for record in records:
-            path = self.run_dir / LOCK_DIR / (record.scheduler_id or "")
-            if record.scheduler_id and not _lock_free(path):
-                pids.append(record.pid or _pid_in(path))
+            holder = held_by(self.run_dir / LOCK_DIR / record.scheduler_id) if record.scheduler_id else None
+            if holder is not None:
+                pids.append(record.pid or _pid(holder))
         stop_process_trees([pid for pid in pids if pid], self.plan.grace_period, hurry)
         for token in [r.scheduler_id for r in records]:
             if child := self.children.pop(token or "", None):
@@ -179,18 +180,7 @@ def _hold(path: Path) -> int:
     return fd
 
 
-def _lock_free(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return True
-    try:
-        return lock_is_free(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_in(path: Path) -> int | None:
-    with contextlib.suppress(OSError, ValueError, IndexError):  # none yet, or a full disk kept it out
-        return int(path.read_text().split()[0])
-    return None
+def _pid(holder: str | None) -> int | None:
+    """The pid a wrapper wrote into its lock (none yet, or a full disk kept it out: None)."""
+    first = (holder or "").split()[:1]
+    return int(first[0]) if first and first[0].isdigit() else None
