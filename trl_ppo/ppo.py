@@ -9,12 +9,14 @@ statistics -> KL controller) -> logging. `PPOTrainer.step` takes the same inputs
 `log_stats`, `save_pretrained`), so classic code runs with `trl` replaced by `trl_ppo` in its imports;
 `train` below is written against it.
 
-    python -m trl_ppo.ppo --ppo_config.log_with wandb
+    python -m trl_ppo.ppo --ppo_config.log_with wandb      # or examples/scripts/ppo.py, the seed's script
     python -m trl_ppo.ppo --ppo_config.model_name DIR/gpt2-imdb \\
-        --ppo_config.reward_model sentiment-analysis:DIR/distilbert-imdb --ppo_config.query_dataset DIR/imdb
+        --ppo_config.reward_model sentiment-analysis:DIR/distilbert-imdb --query_dataset DIR/imdb
 
-(DIR from `python -m trl_ppo.offline_assets DIR`.) Under `accelerate launch` or `torchrun` every
-process trains on its own device and its own `batch_size` rollouts; gradients are averaged (DDP).
+(DIR from `python -m trl_ppo.offline_assets DIR`.) The flags are the classic script's `ScriptArguments`
+(`ppo_config`, `query_dataset`, `use_peft`, `peft_config`, `trust_remote_code`; `use_seq2seq` is refused).
+Under `accelerate launch` or `torchrun` every process trains on its own device and its own `batch_size`
+rollouts; gradients are averaged (DDP).
 """
 
 import math
@@ -26,13 +28,14 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import tyro
 from accelerate import Accelerator
+from peft import LoraConfig
 from torch.nn.parallel import DistributedDataParallel
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
@@ -41,7 +44,6 @@ from trl_ppo.core import set_seed
 from trl_ppo.models import (
     AutoModelForCausalLMWithValueHead,
     create_reference_model,
-    load_policy,
     load_tokenizer,
     output_head,
     reference_mode,
@@ -59,13 +61,14 @@ class PPOConfig:
     """experiment name: the W&B group, and the start of the run name"""
     seed: int = 0
     """random seed (the top-level --seed overrides it)"""
-    log_with: Literal["wandb", "none"] = "none"
-    """where to log metrics; `none` (or None, classic TRL's default) logs nothing and needs no W&B account"""
+    log_with: Literal["wandb", "tensorboard", "none"] | None = None
+    """where to log metrics under the classic names: W&B, or TensorBoard event files (under --output_dir, else
+    ./runs); None (classic TRL's default) or none logs nothing"""
     tracker_project_name: str = "trl"
     """W&B project"""
-    model_name: str = "gpt2"
+    model_name: str = "lvwerra/gpt2-imdb"
     """policy: a causal LM hub name or local folder"""
-    query_dataset: str = "stanfordnlp/imdb"
+    query_dataset: Annotated[str, tyro.conf.arg(aliases=("--query_dataset",))] = "imdb"
     """prompts: a dataset name or folder for `datasets.load_dataset`, with a `text` column"""
     reward_model: str = "sentiment-analysis:lvwerra/distilbert-imdb"
     """reward: `<pipeline task>:<model>`; the score is the model's POSITIVE logit"""
@@ -104,7 +107,7 @@ class PPOConfig:
     """passes over each batch of rollouts"""
     early_stopping: bool = False
     """stop a PPO step's epochs once the policy KL exceeds 1.5 x target_kl"""
-    target_kl: float = 1.0
+    target_kl: float = 6.0
     """policy KL bound for early_stopping"""
     max_grad_norm: float | None = None
     """clip the gradient norm to this (no clipping if unset)"""
@@ -146,20 +149,45 @@ REFUSED_CLASSIC_FLAGS = {
 
 
 @dataclass
+class LoraArgs:
+    """The classic script's `peft_config`: LoraConfig(r=16, lora_alpha=16, bias="none", task_type="CAUSAL_LM")."""
+
+    r: Annotated[int, tyro.conf.arg(aliases=("--lora_r",))] = 16
+    """LoRA rank"""
+    lora_alpha: Annotated[int, tyro.conf.arg(aliases=("--lora_alpha",))] = 16
+    """LoRA alpha"""
+    target_modules: Annotated[list[str] | None, tyro.conf.arg(aliases=("--lora_target_modules",))] = None
+    """modules that get adapters, e.g. `c_attn lm_head`; by default PEFT's choice for the model (GPT-2: c_attn)"""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    """which biases train"""
+    task_type: Literal["CAUSAL_LM"] = "CAUSAL_LM"
+    """the PEFT task (causal LMs only)"""
+
+    def build(self) -> LoraConfig:
+        return LoraConfig(r=self.r, lora_alpha=self.lora_alpha, target_modules=self.target_modules, bias=self.bias,
+                          task_type=self.task_type)
+
+
+# Flags of the classic script that this implementation refuses, with the reason.
+REFUSED_SCRIPT_FLAGS = {
+    "use_seq2seq": "encoder-decoder (seq2seq) policies are not supported; use a causal LM",
+}
+
+
+@dataclass
 class Args:
-    """PPO sentiment tuning; the flags of TRL's classic sentiment example."""
+    """PPO sentiment tuning; the flags of TRL's classic sentiment example (examples/scripts/ppo.py)."""
 
     ppo_config: PPOConfig = field(default_factory=PPOConfig)
     seed: int | None = None
     """overrides ppo_config.seed (the benchmark harness appends it)"""
+    use_seq2seq: bool = False
+    """refused: encoder-decoder (seq2seq) policies are not supported"""
     use_peft: bool = False
     """train LoRA adapters instead of the whole model; the reference is the model with adapters off"""
-    lora_r: int = 16
-    """LoRA rank"""
-    lora_alpha: int = 16
-    """LoRA alpha"""
-    lora_target_modules: list[str] | None = None
-    """modules that get adapters, e.g. `c_attn lm_head`; by default PEFT's choice for the model (GPT-2: c_attn)"""
+    peft_config: LoraArgs = field(default_factory=LoraArgs)
+    trust_remote_code: bool = False
+    """passed to the policy's from_pretrained (as in the classic script): run the model's own code from the hub"""
     max_new_tokens: int = 32
     """tokens generated per response"""
     query_min_length: int = 2
@@ -199,7 +227,8 @@ def config_errors(cfg: PPOConfig) -> list[str]:
         (0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1, "gamma and lam must lie in [0, 1]"),
         (not cfg.early_stopping or cfg.target_kl > 0, "early_stopping needs target_kl > 0"),
         (cfg.max_grad_norm is None or cfg.max_grad_norm > 0, "max_grad_norm must be positive"),
-        (cfg.log_with in ("wandb", "none", None), f"log_with must be wandb or none, got {cfg.log_with!r}"),
+        (cfg.log_with in ("wandb", "tensorboard", "none", None),
+         f"log_with must be wandb, tensorboard or none, got {cfg.log_with!r}"),
     ]
     return [message for ok, message in checks if not ok]
 
@@ -209,7 +238,9 @@ def validate(args: Args) -> None:
         (1 <= args.query_min_length < args.query_max_length,
          "need 1 <= query_min_length < query_max_length (the upper end is exclusive)"),
         (args.max_new_tokens > 0, "max_new_tokens must be positive"),
-        (not args.use_peft or (args.lora_r > 0 and args.lora_alpha > 0), "lora_r and lora_alpha must be positive"),
+        (not args.use_peft or (args.peft_config.r > 0 and args.peft_config.lora_alpha > 0),
+         "peft_config.r and peft_config.lora_alpha must be positive"),
+        (not args.use_seq2seq, f"use_seq2seq: {REFUSED_SCRIPT_FLAGS['use_seq2seq']}"),
         (args.table_every > 0, "table_every must be positive"),
     ]
     errors = config_errors(args.ppo_config) + [message for ok, message in checks if not ok]
@@ -393,6 +424,7 @@ class PPOTrainer:
         lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         *,
         bf16: bool = False,
+        logging_dir: str | None = None,
     ) -> None:
         if errors := config_errors(config):
             raise ConfigError("; ".join(errors))
@@ -428,6 +460,7 @@ class PPOTrainer:
         self.shuffle = np.random.RandomState(config.seed + self.rank)
         self.dataset = dataset
         self.dataloader = None if dataset is None else self.prepare_dataloader(dataset, data_collator)
+        self.logging_dir, self.logged_steps = logging_dir, 0
         self.run = self.init_tracker()
 
     def place(self, model: AutoModelForCausalLMWithValueHead) -> AutoModelForCausalLMWithValueHead:
@@ -449,10 +482,16 @@ class PPOTrainer:
         return self.accelerator.prepare_data_loader(loader)
 
     def init_tracker(self) -> Any:
-        """The W&B run that `log_stats` writes to (on the main process, with log_with wandb): the caller's own
-        run if one is open (the classic notebook opens one), else a new one in `config.tracker_project_name`."""
-        if self.config.log_with != "wandb" or self.rank != 0:
+        """What `log_stats` writes to, on the main process. With log_with wandb the W&B run: the caller's own
+        run if one is open (the classic notebook opens one), else a new one in `config.tracker_project_name`.
+        With log_with tensorboard a SummaryWriter in `logging_dir` (./runs unless given) / the run's name."""
+        if self.config.log_with not in ("wandb", "tensorboard") or self.rank != 0:
             return None
+        if self.config.log_with == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            name = f"{self.config.exp_name}__{self.config.seed}__{int(time.time())}"
+            return SummaryWriter(os.path.join(self.logging_dir or "runs", name))
         import wandb
 
         config = {"trl_ppo_trainer_config": asdict(self.config)}
@@ -705,13 +744,16 @@ class PPOTrainer:
             warnings.warn("no game log: the batch has neither 'query' nor 'response'", stacklevel=2)
         logs = {**stats, "env/reward_mean": rewards.mean().item(), "env/reward_std": rewards.std().item(),
                 "env/reward_dist": rewards.numpy()}
-        if self.run is not None:
+        if self.config.log_with == "tensorboard" and self.run is not None:
+            log_tensorboard(self.run, logs, self.logged_steps)
+        elif self.run is not None:
             import wandb
 
             if table is not None:
                 rows = [list(row) for row in zip(*table, rewards.tolist(), strict=True)]
                 logs["game_log"] = wandb.Table(columns=[*columns_to_log, "reward"], data=rows)
             self.run.log(for_wandb(logs))
+        self.logged_steps += 1
 
     def save_pretrained(self, save_directory: str) -> None:
         """The policy with its value head (or its adapters and value head) and the tokenizer, from the main
@@ -753,6 +795,19 @@ def for_wandb(logs: dict[str, Any]) -> dict[str, Any]:
     return converted
 
 
+def log_tensorboard(writer: Any, logs: dict[str, Any], step: int) -> None:
+    """Scalars under their classic names, arrays and tensors of several numbers as histograms; tables skipped."""
+    for key, value in logs.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float().cpu().numpy()
+        if isinstance(value, np.ndarray) and value.size != 1:
+            if value.size:
+                writer.add_histogram(key, value.astype(np.float32), step)
+        elif isinstance(value, (int, float, np.ndarray, np.floating)):
+            writer.add_scalar(key, float(value), step)
+    writer.flush()
+
+
 def init_wandb(args: Args) -> Any:
     import wandb
 
@@ -765,6 +820,18 @@ def init_wandb(args: Args) -> Any:
         name=f"{cfg.exp_name}__{cfg.seed}__{int(time.time())}",
         config={"trl_ppo_trainer_config": asdict(cfg), **script_args},
     )
+
+
+def load_policy(
+    args: Args, device: torch.device
+) -> tuple[AutoModelForCausalLMWithValueHead, AutoModelForCausalLMWithValueHead | None]:
+    """As the classic script: the policy with a value head (`--trust_remote_code` passed to its from_pretrained),
+    and the reference: with --use_peft none (the policy with its LoRA adapters off), else a frozen copy."""
+    policy = AutoModelForCausalLMWithValueHead.from_pretrained(
+        args.ppo_config.model_name, peft_config=args.peft_config.build() if args.use_peft else None,
+        dtype=torch.float32, trust_remote_code=args.trust_remote_code,
+    ).to(device)
+    return policy, None if args.use_peft else create_reference_model(policy)
 
 
 def train(args: Args) -> list[dict[str, float]]:
@@ -784,15 +851,14 @@ def train(args: Args) -> list[dict[str, float]]:
         args.query_min_length, args.query_max_length, (len(reviews),), generator=torch.Generator().manual_seed(cfg.seed)
     )
     all_queries = [torch.tensor(q) for q in encode_queries(tokenizer, reviews, query_lengths.tolist())]
-    policy, reference = load_policy(
-        cfg.model_name, args.use_peft, args.lora_r, args.lora_alpha, device, args.lora_target_modules
-    )
+    policy, reference = load_policy(args, device)
     reward_fn = SentimentReward(cfg.reward_model, device)
     run = init_wandb(args) if cfg.log_with == "wandb" and rank == 0 else None
     if run is not None:
         trainable, total = trainable_fraction(policy)
         run.summary.update({"model/trainable_params": trainable, "model/total_params": total})
-    trainer = PPOTrainer(cfg, policy, reference, tokenizer, bf16=args.bf16)
+    trainer = PPOTrainer(cfg, policy, reference, tokenizer, bf16=args.bf16, logging_dir=args.output_dir)
+    writer = trainer.run if cfg.log_with == "tensorboard" else None
     # The classic sampling: the whole distribution (top_k=0, top_p=1).
     generation = dict(
         do_sample=True, top_k=0, top_p=1.0, max_new_tokens=args.max_new_tokens,
@@ -850,26 +916,38 @@ def train(args: Args) -> list[dict[str, float]]:
                     data=[[q, r, s] for q, r, s in zip(query_texts, response_texts, raw_scores.tolist(), strict=True)],
                 )
             run.log(logged, step=step)
+        if writer is not None:
+            distributions = {k: v for k, v in stats.items() if isinstance(v, np.ndarray)}
+            log_tensorboard(writer, {**metrics, "env/reward_dist": all_scores, **distributions}, step)
 
     if args.output_dir is not None:
         trainer.save_pretrained(args.output_dir)
     if run is not None:
         run.finish()
+    if writer is not None:
+        writer.close()
     if world > 1:
         dist.destroy_process_group()
     return history
 
 
 def parse(argv: list[str] | None = None) -> Args:
-    """The command line as TRL's examples spelled it (`--ppo_config.mini_batch_size`, `--use_peft`).
+    """The command line as TRL's examples spelled it (`--ppo_config.mini_batch_size`, `--use_peft`,
+    `--query_dataset`, `--peft_config.r`).
 
-    Classic PPOConfig flags that this implementation cannot honour are refused by name (exit 2).
+    Classic flags that this implementation cannot honour are refused by name (exit 2).
     """
     for token in sys.argv[1:] if argv is None else argv:
-        name = token.removeprefix("--ppo_config.").removeprefix("--ppo-config.").split("=")[0].replace("-", "_")
+        flag = token.split("=")[0]
+        name = flag.removeprefix("--ppo_config.").removeprefix("--ppo-config.").replace("-", "_")
         if token.startswith(("--ppo_config.", "--ppo-config.")) and name in REFUSED_CLASSIC_FLAGS:
-            print(f"error: {token.split('=')[0]} (a classic TRL flag) is not supported: "
-                  f"{REFUSED_CLASSIC_FLAGS[name]}", file=sys.stderr)
+            print(f"error: {flag} (a classic TRL flag) is not supported: {REFUSED_CLASSIC_FLAGS[name]}",
+                  file=sys.stderr)
+            sys.exit(2)
+        name = flag.removeprefix("--").replace("-", "_")
+        if flag.startswith("--") and name in REFUSED_SCRIPT_FLAGS:
+            print(f"error: {flag} (a classic TRL flag) is not supported: {REFUSED_SCRIPT_FLAGS[name]}",
+                  file=sys.stderr)
             sys.exit(2)
     return tyro.cli(Args, args=argv, use_underscores=True)
 

@@ -35,10 +35,16 @@ def test_seed_command_lines_parse(line: str, expected: dict) -> None:
 
 def test_use_peft_and_classic_defaults() -> None:
     args = parse(["--use_peft"])
-    assert (args.use_peft, args.lora_r, args.lora_alpha, args.max_new_tokens) == (True, 16, 16, 32)
+    lora = args.peft_config
+    assert (args.use_peft, lora.r, lora.lora_alpha, lora.bias, lora.task_type, args.max_new_tokens) == (
+        True, 16, 16, "none", "CAUSAL_LM", 32)
+    assert not args.use_seq2seq and not args.trust_remote_code
     cfg = args.ppo_config
-    assert (cfg.model_name, cfg.query_dataset, cfg.reward_model) == (
-        "gpt2", "stanfordnlp/imdb", "sentiment-analysis:lvwerra/distilbert-imdb")
+    # The seed's examples/scripts/ppo.py ScriptArguments.
+    assert (cfg.model_name, cfg.query_dataset, cfg.reward_model, cfg.log_with) == (
+        "lvwerra/gpt2-imdb", "imdb", "sentiment-analysis:lvwerra/distilbert-imdb", None)
+    assert (cfg.batch_size, cfg.mini_batch_size, cfg.gradient_accumulation_steps) == (128, 128, 1)
+    assert (cfg.early_stopping, cfg.target_kl, cfg.seed, cfg.score_clip) == (False, 6.0, 0, None)
     assert (cfg.learning_rate, cfg.init_kl_coef, cfg.target, cfg.horizon, cfg.ppo_epochs) == (1.41e-5, 0.2, 6, 10000, 4)
     assert (cfg.gamma, cfg.lam, cfg.cliprange, cfg.cliprange_value, cfg.vf_coef, cfg.kl_penalty) == (
         1, 0.95, 0.2, 0.2, 0.1, "kl")
