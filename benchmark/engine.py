@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -238,7 +239,7 @@ class Sweep:
 
     def poll(self) -> None:
         """Ask the scheduler about every submitted try; an event and a saved line for each change."""
-        watched = [r for r in self.manifest.records() if r.state in SUBMITTED_STATES]
+        watched = submitted(self.manifest)
         if not watched:
             return
         before = [(r.state, r.message) for r in watched]
@@ -274,17 +275,22 @@ class Sweep:
         signum = signals.caught[0]
         why = signal.Signals(signum).name
         if signum == signal.SIGUSR1 or not self.detaches:  # `benchmark cancel`, or Ctrl-C on the local pool
-            active = [r for r in self.manifest.records() if r.state in SUBMITTED_STATES]
+            active = submitted(self.manifest)
             waiting = sum(r.state == PENDING for r in self.jobs)
             say(f"{why}: stopping {len(active)} running job(s); {waiting} not started")
-            self.scheduler.cancel(active, hurry=lambda: len(signals.caught) > 1)
-            for record in active:
-                record.state, record.end = CANCELLED, record.end or time.time()
-            self.manifest.save(*active)
+            self._cancel(active, hurry=lambda: len(signals.caught) > 1)
             return 128 + (signal.SIGTERM if signum == signal.SIGUSR1 else signum)
         self._release_held(everything=True)  # nothing may stay held for good (the follow-up, under retries)
         say(f"{why}: stopped watching; submitted jobs go on. Stop them with: benchmark cancel {self.manifest.run_dir}")
         return 128 + signum
+
+    def _cancel(self, active: list[Record], hurry: Callable[[], bool] | None = None) -> None:
+        """Stop these tries and record them CANCELLED."""
+        for note in self.scheduler.cancel(active, hurry):
+            say_note(note)
+        for record in active:
+            record.state, record.end = CANCELLED, record.end or time.time()
+        self.manifest.save(*active)
 
     @staticmethod
     def _job_id(record: Record) -> str:
@@ -295,13 +301,14 @@ def cancel(manifest: Manifest, scheduler: Scheduler) -> list[Record]:
     """Stop every job of a run no live harness owns (the caller holds the run dir): the records cancelled."""
     sweep = Sweep(manifest, scheduler)
     sweep.recover()
-    active = [r for r in manifest.records() if r.state in SUBMITTED_STATES]
-    for note in scheduler.cancel(active):
-        say_note(note)
-    for record in active:
-        record.state, record.end = CANCELLED, record.end or time.time()
-    manifest.save(*active)
+    active = submitted(manifest)
+    sweep._cancel(active)
     return active
+
+
+def submitted(manifest: Manifest) -> list[Record]:
+    """The records whose try the scheduler has (held, queued or running)."""
+    return [r for r in manifest.records() if r.state in SUBMITTED_STATES]
 
 
 def settle_submitting(manifest: Manifest, scheduler: Scheduler) -> list[Record]:
@@ -324,7 +331,7 @@ def settle_submitting(manifest: Manifest, scheduler: Scheduler) -> list[Record]:
 def current(manifest: Manifest, scheduler: Scheduler) -> list[str]:
     """The records brought up to date with the scheduler, in memory only (for `status`); notes for the user."""
     settle_submitting(manifest, scheduler)
-    watched = [r for r in manifest.records() if r.state in SUBMITTED_STATES]
+    watched = submitted(manifest)
     notes = scheduler.poll(watched) if watched else []
     held = sum(r.state == HELD for r in manifest.records())
     if held and run_dir_owner(manifest.run_dir) is None:
