@@ -13,7 +13,9 @@ statistics -> KL controller) -> logging. `PPOTrainer.step` takes the same inputs
     python -m trl_ppo.ppo --ppo_config.model_name DIR/gpt2-imdb \\
         --ppo_config.reward_model sentiment-analysis:DIR/distilbert-imdb --query_dataset DIR/imdb
 
-(DIR from `python -m trl_ppo.offline_assets DIR`.) The flags are the classic script's `ScriptArguments`
+(DIR from `python -m trl_ppo.offline_assets DIR`.) `--task control` trains sentiment control instead, as the
+gpt2-control notebook: each query starts with `[negative]`, `[neutral]` or `[positive]`, and the reward pays for
+that sentiment. The flags are the classic script's `ScriptArguments`
 (`ppo_config`, `query_dataset`, `use_peft`, `peft_config`, `trust_remote_code`; `use_seq2seq` is refused).
 Under `accelerate launch` or `torchrun` every process trains on its own device and its own `batch_size`
 rollouts; gradients are averaged (DDP).
@@ -50,7 +52,7 @@ from trl_ppo.models import (
     response_hidden,
     trainable_fraction,
 )
-from trl_ppo.rewards import SentimentReward, parse_reward_model
+from trl_ppo.rewards import CONTROL_TOKENS, SentimentReward, control_rewards, parse_reward_model
 
 
 @dataclass
@@ -179,6 +181,10 @@ class Args:
     """PPO sentiment tuning; the flags of TRL's classic sentiment example (examples/scripts/ppo.py)."""
 
     ppo_config: PPOConfig = field(default_factory=PPOConfig)
+    task: Literal["sentiment", "control"] = "sentiment"
+    """sentiment: reward positive reviews (the gpt2-sentiment notebook); control: each query starts with a
+    random [negative], [neutral] or [positive] and the reward pays for the sentiment it asks for (gpt2-control),
+    logged per token as env/reward_mean/negative, ..."""
     seed: int | None = None
     """overrides ppo_config.seed (the benchmark harness appends it)"""
     use_seq2seq: bool = False
@@ -867,23 +873,36 @@ def train(args: Args) -> list[dict[str, float]]:
         cache_implementation="static" if device.type == "cuda" else None,
     )
 
+    # Sentiment control: the control tokens' ids, and each process's own draw of a task per rollout.
+    control_ids = [torch.tensor(tokenizer(t)["input_ids"]) for t in CONTROL_TOKENS]
+    task_rng = np.random.default_rng([cfg.seed, rank])
+
     n_steps = run_length(len(reviews), cfg.batch_size, world, cfg.steps)
     history = []
     for step, rows in enumerate(batches(len(reviews), cfg.batch_size, n_steps, cfg.seed, rank, world)):
         t_start = clock(device)
 
-        # 1. Rollout: the whole batch generates at once, from left-padded queries.
+        # 1. Rollout: the whole batch generates at once, from left-padded queries (with control: each review's
+        # opening after a random control token).
         queries = [all_queries[i] for i in rows.tolist()]
-        responses = trainer.generate(queries, batch_size=len(queries), return_prompt=False, **generation)
+        prompts = queries
+        if args.task == "control":
+            tasks = torch.from_numpy(task_rng.integers(len(CONTROL_TOKENS), size=len(queries)))
+            prompts = [torch.cat((control_ids[t], q)) for t, q in zip(tasks.tolist(), queries, strict=True)]
+        responses = trainer.generate(prompts, batch_size=len(prompts), return_prompt=False, **generation)
         t_generated = clock(device)
 
-        # 2. Score query + response with the reward model.
+        # 2. Score the review's opening + response with the reward model (the classifier never sees the control
+        # token); with control, shape the score by the sentiment asked for.
         query_texts, response_texts = rollout_texts(tokenizer, queries, responses)
         raw_scores = reward_fn([q + r for q, r in zip(query_texts, response_texts, strict=True)])
+        if args.task == "control":
+            raw_scores = control_rewards(raw_scores, tasks)
+            query_texts = tokenizer.batch_decode(prompts)
         t_scored = clock(device)
 
         # 3. The PPO update.
-        stats = trainer.step(queries, responses, raw_scores)
+        stats = trainer.step(prompts, responses, raw_scores)
         t_end = clock(device)
 
         all_scores = gather(raw_scores.to(device))
@@ -898,11 +917,18 @@ def train(args: Args) -> list[dict[str, float]]:
             "perf/samples_per_s": len(all_scores) / total,
             "perf/tokens_per_s": world * stats["tokens/responses_len_mean"] * len(responses) / total,
         }
+        if args.task == "control":
+            all_tasks = gather(tasks.to(device))
+            for i, token in enumerate(CONTROL_TOKENS):
+                mean = all_scores[all_tasks == i].mean().item()  # nan when no rollout asked for this one
+                metrics[f"env/reward_mean/{token.strip('[]')}"] = mean
         if device.type == "cuda":
             metrics["perf/peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         history.append(metrics)
         if rank == 0:
-            print(f"step {step + 1}/{n_steps}: reward {metrics['env/reward_mean']:.3f}, "
+            per_token = "".join(f" ({k.rsplit('/', 1)[1]} {v:.3f})" for k, v in metrics.items()
+                                if k.startswith("env/reward_mean/"))
+            print(f"step {step + 1}/{n_steps}: reward {metrics['env/reward_mean']:.3f}{per_token}, "
                   f"kl {metrics['objective/kl']:.3f}, {metrics['perf/samples_per_s']:.1f} samples/s", flush=True)
 
         if run is not None:

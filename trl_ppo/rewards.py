@@ -1,4 +1,5 @@
-"""The reward: the POSITIVE logit of a text classifier, loaded through a transformers pipeline like the original."""
+"""The reward: the POSITIVE logit of a text classifier, loaded through a transformers pipeline like the original,
+or, for sentiment control, that logit shaped by the sentiment each query asks for."""
 
 import torch
 from transformers import pipeline
@@ -25,6 +26,17 @@ class SentimentReward:
         inputs = self.pipe.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         logits = self.pipe.model(**inputs.to(self.pipe.device)).logits
         return logits[:, self.positive].float().cpu()
+
+
+# The control tokens of the classic gpt2-control notebook, in the order `control_rewards` indexes them.
+CONTROL_TOKENS = ("[negative]", "[neutral]", "[positive]")
+
+
+def control_rewards(logits: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+    """Each POSITIVE logit x turned into the reward of its task (an index into CONTROL_TOKENS), as the classic
+    notebook shapes it: [negative] -x, [neutral] -2|x| + 4 (highest when the classifier cannot tell), [positive] x."""
+    shaped = torch.stack([-logits, -2 * logits.abs() + 4, logits])
+    return shaped.gather(0, tasks.reshape(1, -1)).squeeze(0)
 
 
 def parse_reward_model(spec: str) -> tuple[str, str]:
