@@ -4,5 +4,5 @@
 source "$(dirname "$0")/lib.sh"
 if [ "$SCALE" = gpu ]; then accumulated="--ppo_config.mini_batch_size 1 --ppo_config.gradient_accumulation_steps 128"
 else accumulated="--ppo_config.mini_batch_size 1 --ppo_config.gradient_accumulation_steps 16"; fi
-run_study grad_accum grad-accum --command "$PPO --ppo_config.exp_name ppo" \
+run_study grad_accum "--preset grad-accum" --command "$PPO --ppo_config.exp_name ppo" \
   --command "$PPO --ppo_config.exp_name ppo_step_grad_accu $accumulated"

@@ -50,10 +50,11 @@ else
           --slurm-partition "${PARTITION:-debug}")
 fi
 
-# run_study NAME PRESET --command ... [--command ...]: the variants x SEEDS seeds on Slurm, waited
-# for, then `benchmark report --preset PRESET` as the follow-up job, into OUT (default results/NAME).
+# run_study NAME "REPORT FLAGS" --command ... [--command ...]: the variants x SEEDS seeds on Slurm, waited
+# for, then `benchmark report REPORT FLAGS` (e.g. --preset baseline) as the follow-up job, into OUT
+# (default results/NAME).
 run_study() {
-  local name=$1 preset=$2
+  local name=$1 report=$2
   shift 2
   local out run
   out=$(realpath -m "${OUT:-results/$name}")
@@ -67,6 +68,6 @@ run_study() {
   [ "$SCALE" = cpu ] || source+=(--entity "${WANDB_ENTITY:?set WANDB_ENTITY}" --project "${WANDB_PROJECT:-trl}")
   python benchmark/benchmark.py "$@" --num-seeds "$SEEDS" --start-seed 1 "${LAUNCH[@]}" \
     --slurm-template-path "$TEMPLATE" --run-dir "$run" --wait \
-    --then "benchmark report ${source[*]} --preset $preset --output-dir $out"
+    --then "benchmark report ${source[*]} $report --output-dir $out"
   echo "$name: runs in $run, report in $out"
 }

@@ -5,4 +5,4 @@
 source "$(dirname "$0")/lib.sh"
 if [ "$SCALE" = gpu ]; then lora="--use_peft"
 else lora="--use_peft --lora_r 4 --lora_target_modules c_attn lm_head --ppo_config.learning_rate 2e-2"; fi
-run_study peft peft --command "$PPO --ppo_config.exp_name ppo" --command "$PPO --ppo_config.exp_name ppo_peft $lora"
+run_study peft "--preset peft" --command "$PPO --ppo_config.exp_name ppo" --command "$PPO --ppo_config.exp_name ppo_peft $lora"

@@ -31,3 +31,23 @@ def test_grad_accum_study_in_miniature(assets: Path, tmp_path: Path) -> None:
     for variant in ("ppo", "ppo_step_grad_accu"):  # 16 x 1 and 1 x 16
         assert f"| {variant} | 2 / 2 |" in summary, summary
     assert (out / "index.html").exists() and list(out.glob("*.png"))
+
+
+def test_control_study_in_miniature(assets: Path, tmp_path: Path) -> None:
+    """studies/control.sh at CPU scale: `--task control` x 2 seeds, 2 PPO steps each, and a report of each
+    control token's reward."""
+    out = tmp_path / "control"
+    done = subprocess.run(
+        ["bash", str(REPO / "studies" / "control.sh"), "--seeds", "2", "--steps", "1", "--out", str(out),
+         "--runs", str(tmp_path / "runs")],
+        env=clean_env(ASSETS=str(assets)), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert {j["state"] for j in records(run).values()} == {"COMPLETED"}
+    assert followup(run)["state"] == "COMPLETED"
+    summary = (out / "summary.md").read_text()
+    assert "| ppo_control | 2 / 2 |" in summary, summary
+    for token in ("negative", "neutral", "positive"):
+        assert f"final env/reward_mean/{token}" in summary, summary
+    assert (out / "curves.png").exists()  # a panel per token, and KL
