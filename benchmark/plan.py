@@ -21,6 +21,7 @@ import sys
 import time
 import typing
 from dataclasses import dataclass
+from importlib import resources
 from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -30,7 +31,8 @@ from benchmark.tags import auto_tags, git_commit, git_tag, pr_number, resolve_re
 from benchmark.workload import EXP_NAME_FLAGS
 
 # The Slurm template of a plan that names none. Here, not in templates.py: settling a plan needs no jinja2.
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "trl.slurm_template"
+# It ships inside the package (package data); in a checkout that file links to templates/, the one copy.
+DEFAULT_TEMPLATE = Path(str(resources.files("benchmark") / "trl.slurm_template")).resolve()
 
 # `name=python train.py ...` names a variant explicitly. Upper-case names are left alone because
 # `CUDA_LAUNCH_BLOCKING=1 python ...` is an environment assignment, not a variant name.

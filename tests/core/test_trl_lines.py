@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,31 @@ COMMANDS = [
 ]
 # As a user types them; `python benchmark/benchmark.py` is what run_cli runs.
 LINES = [f'python benchmark/benchmark.py --command "{command}" {FLAGS}' for command in COMMANDS]
+
+
+def test_the_wheel_ships_the_default_template(tmp_path: Path) -> None:
+    """Installed from the wheel, away from any checkout, a Slurm sweep without --slurm-template-path renders
+    the template the wheel holds."""
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(wheels)], check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("benchmark/trl.slurm_template") == (REPO / "templates" / "trl.slurm_template").read_bytes()
+        archive.extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([sys.executable, "-c", "import benchmark; print(benchmark.__file__)"], cwd=elsewhere,
+                           env=clean_env(PYTHONPATH=str(site)), capture_output=True, text=True, check=True)
+    assert where.stdout.strip() == str(site / "benchmark" / "__init__.py")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmark", "--command", "python -c pass", "--num-seeds", "2", "--workers", "1",
+         "--backend", "slurm", "--dry-run"],
+        cwd=elsewhere, env=clean_env(PYTHONPATH=str(site)), capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "#SBATCH --array=0-1%1" in done.stdout and 'echo "Running task $SLURM_ARRAY_TASK_ID' in done.stdout
 
 
 def trl_line(line: str, *more: str, env: dict[str, str] | None = None):
