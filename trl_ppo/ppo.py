@@ -879,6 +879,7 @@ def train(args: Args) -> list[dict[str, float]]:
 
     n_steps = run_length(len(reviews), cfg.batch_size, world, cfg.steps)
     history = []
+    samples_so_far = tokens_so_far = 0  # over every process: the x-axes of a report besides the step
     for step, rows in enumerate(batches(len(reviews), cfg.batch_size, n_steps, cfg.seed, rank, world)):
         t_start = clock(device)
 
@@ -907,6 +908,8 @@ def train(args: Args) -> list[dict[str, float]]:
 
         all_scores = gather(raw_scores.to(device))
         total = t_end - t_start
+        samples_so_far += len(all_scores)
+        tokens_so_far += int(gather(torch.tensor([sum(len(r) for r in responses)], device=device)).sum())
         metrics = {
             "env/reward_mean": all_scores.mean().item(),
             "env/reward_std": all_scores.std().item(),
@@ -916,6 +919,8 @@ def train(args: Args) -> list[dict[str, float]]:
             "time/total": total,
             "perf/samples_per_s": len(all_scores) / total,
             "perf/tokens_per_s": world * stats["tokens/responses_len_mean"] * len(responses) / total,
+            "counters/samples": samples_so_far,
+            "counters/tokens": tokens_so_far,
         }
         if args.task == "control":
             all_tasks = gather(tasks.to(device))

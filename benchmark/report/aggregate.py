@@ -15,7 +15,7 @@ from scipy import stats
 
 from benchmark.report.runs import Run
 
-Band = Literal["std", "ci95"]
+Band = Literal["std", "ci95", "iqr"]
 
 # Wall-clock spacing jitters; a gap up to this many logging intervals is still "one interval".
 _GAP_TOLERANCE = 1.5
@@ -27,7 +27,7 @@ _BOOTSTRAP_SLICE = 2048
 class Series:
     """One run's values of one metric against the x-axis, sorted, without gaps in the data."""
 
-    run: Run
+    run: str  # the run's id
     x: np.ndarray
     y: np.ndarray
 
@@ -48,14 +48,18 @@ def series(run: Run, metric: str, x_axis: str, smooth: int = 1) -> Series | None
     points; None when the run never logged it."""
     if metric not in run.history or x_axis not in run.history:
         return None
-    x = run.history[x_axis].to_numpy(dtype=float)
-    y = run.history[metric].to_numpy(dtype=float)
+    return clean_series(run.id, run.history[x_axis].to_numpy(dtype=float), run.history[metric].to_numpy(dtype=float),
+                        smooth)
+
+
+def clean_series(run: str, x: np.ndarray, y: np.ndarray, smooth: int = 1) -> Series | None:
+    """Logged (x, y) pairs in x order, a repeated x (a resumed run) once with its latest value, smoothed by a
+    rolling mean over `smooth` points; None when nothing was logged."""
     logged = ~(np.isnan(x) | np.isnan(y))
     if not logged.any():
         return None
     order = np.argsort(x[logged], kind="stable")
     x, y = x[logged][order], y[logged][order]
-    # A step logged twice (a resumed run) counts once, with its latest value.
     last = np.append(x[1:] != x[:-1], True)
     x, y = x[last], y[last]
     if smooth > 1:
@@ -85,8 +89,9 @@ def align(runs: list[Series]) -> tuple[np.ndarray, np.ndarray]:
     return grid, values
 
 
-def curve(runs: list[Series], band: Band = "std") -> Curve:
-    """Mean over seeds at each x, with a band of one standard deviation or a bootstrap 95% CI."""
+def curve(runs: list[Series], band: Band = "std", limits: tuple[float | None, float | None] = (None, None)) -> Curve:
+    """Mean over seeds at each x, with a band of one standard deviation (kept within the metric's `limits`: a KL
+    band never goes below 0), a bootstrap 95% CI of the mean, or the seeds' interquartile range."""
     grid, values = align(runs)
     present = ~np.isnan(values)
     n = present.sum(axis=0)
@@ -95,11 +100,23 @@ def curve(runs: list[Series], band: Band = "std") -> Curve:
         if band == "std":
             deviation = np.sqrt(np.where(present, (values - mean) ** 2, 0.0).sum(axis=0) / (n - 1))
             low, high = mean - deviation, mean + deviation
+            if limits != (None, None):
+                low, high = np.clip(low, *limits), np.clip(high, *limits)
+        elif band == "iqr":
+            low, high = _quartiles(values, present)
         else:
             low, high = _bootstrap_ci(values)
     # One seed has no spread: no band rather than a zero-width one that looks like certainty.
     low[n < 2] = high[n < 2] = np.nan
     return Curve(grid, mean, low, high, n)
+
+
+def _quartiles(values: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 25th and 75th percentiles over the seeds present at each x."""
+    low, high = np.full(values.shape[1], np.nan), np.full(values.shape[1], np.nan)
+    some = present.any(axis=0)
+    low[some], high[some] = np.nanpercentile(values[:, some], [25, 75], axis=0)
+    return low, high
 
 
 def _bootstrap_ci(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,55 +1,47 @@
-"""`benchmark report` / `python -m benchmark.report`: runs in, figures and a table out.
+"""`benchmark report` / `python -m benchmark.report`: runs in; a page, a results table and its verdicts out.
 
-The steps, in order: gather runs from the sources, keep those the filters select, group them into
-variants (or the presets' comparisons), average seeds into curves, draw, and write the summary.
+The steps, in order: gather runs from the sources, keep those the filters select, name their variants (the
+presets', --filters' or the exp names: one name everywhere), turn them into the tidy results table
+(results.py), and from that table alone: the summary rows, each variant judged against the baseline
+(judge.py), the static figures, the compare figures, and the interactive page (page.py).
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
+import pandas as pd
 import tyro
 from rich.console import Console
 from rich.markup import escape
 
 from benchmark import workload
-from benchmark.manifest import Manifest, ManifestError
-from benchmark.report import cloud, figures, offline, rundir, summary
-from benchmark.report.aggregate import Band, Curve, curve, series
-from benchmark.report.presets import Preset, preset_selection
-from benchmark.report.runs import BROKEN_STATES, Filters, Found, Run, describe, group_runs, key_of, parse_assignments
-from benchmark.report.verdict import read_verdicts
-
-Repeatable = tyro.conf.UseAppendAction
-
-
-@dataclass
-class Sources:
-    """Where runs come from; `benchmark report` and `benchmark compare` read the same."""
-
-    wandb_dir: Annotated[list[Path], Repeatable] = field(default_factory=list)
-    """a folder holding wandb's offline-run-*/run-* folders, or one such folder"""
-    entity: str | None = None
-    """W&B entity of the cloud runs (with --project)"""
-    project: str | None = None
-    """W&B project of the cloud runs (with --entity)"""
-    run_dir: Path | None = None
-    """a harness run dir: its variants and expected seeds, and where each job's W&B run is"""
-    refresh: bool = False
-    """refetch cloud runs even when cached"""
-    cache_dir: Path = field(default_factory=cloud.default_cache_dir)
-    """where fetched cloud runs are cached"""
-
-    def problem(self) -> str | None:
-        """What is wrong with the sources given, for an error message; None when they can be read."""
-        if not (self.wandb_dir or self.project or self.run_dir):
-            return "name a source: --wandb-dir, --entity/--project or --run-dir"
-        if self.project and not self.entity:
-            return "--project needs --entity"
-        return None
+from benchmark.manifest import ManifestError
+from benchmark.report import cloud, figures, page, summary
+from benchmark.report import openrlbenchmark as orb
+from benchmark.report.aggregate import Band, Curve, curve
+from benchmark.report.judge import Findings, judge
+from benchmark.report.presets import PRESET_TITLES, Preset, preset_selection
+from benchmark.report.provenance import provenance
+from benchmark.report.results import X_AXES, Results
+from benchmark.report.runs import (
+    BROKEN_STATES,
+    Filters,
+    Found,
+    Run,
+    describe,
+    exp_name,
+    group_runs,
+    key_of,
+    parse_assignments,
+)
+from benchmark.report.sources import Repeatable, Sources, gather
 
 
 @dataclass
@@ -67,15 +59,18 @@ class ReportArgs(Sources):
     metrics: list[str] = field(default_factory=lambda: list(workload.DEFAULT_METRICS))
     """metrics to plot, one panel each, and to tabulate, a final value each"""
     x_axis: str = "_step"
-    """x-axis: _step, or _runtime for wall time"""
+    """x-axis of the static figures and the page's first: _step, _samples (rollouts), _tokens (response tokens),
+    _runtime (wall time), or any logged metric; the page offers the others too"""
     group_by: str | None = None
-    """config key whose value makes a variant; unset: the exp name (exp_name or trl_ppo_trainer_config.exp_name)"""
+    """config key whose value makes a variant, or tag:A,B (each run in the group of the first of these tags it
+    carries: main against pr-12); unset: the exp name (exp_name or trl_ppo_trainer_config.exp_name)"""
     labels: Annotated[list[str], Repeatable] = field(default_factory=list)
     """rename a variant in figures and table: OLD=NEW"""
     smooth: int = 1
     """rolling mean over this many logged points of each run before averaging"""
     band: Band = "std"
-    """band around the mean: std over seeds, or ci95 (bootstrap 95% CI of the mean)"""
+    """band around the mean: std over seeds (kept within the metric's range: KL >= 0), ci95 (bootstrap 95% CI of
+    the mean), or iqr (the seeds' 25th to 75th percentiles)"""
     preset: list[Preset] = field(default_factory=list)
     """draw the seed's comparisons instead of one figure of all variants"""
     last_n: int = 10
@@ -86,6 +81,37 @@ class ReportArgs(Sources):
     """report name; unset: the run dir's or project's name"""
     output_dir: Path | None = None
     """where to write; unset: results/<name>"""
+    title: str | None = None
+    """the page's title; unset: the preset's, else the report's name"""
+    finding: str | None = None
+    """the one line under the title; unset: the verdicts' headline (or the lone variant's trend)"""
+    baseline: str | None = None
+    """the variant every other one is judged against; unset: the first"""
+    epsilon: Annotated[list[str], Repeatable] = field(default_factory=list)
+    """the difference below which a variant counts as equivalent, in the metric's units: METRIC=VALUE
+    (repeatable), or VALUE for every metric not named; unset: 0.1 for env/reward_mean, 0.5 for objective/kl, else
+    0.1"""
+    asset_url: str | None = None
+    """the URL the output folder will be uploaded to: summary.md then shows the figures from there (GitHub shows
+    no file beside a comment); unset, it names them"""
+    # openrlbenchmark's command line (rlops_multi_metrics), so TRL's plot.sh lines run as they are.
+    filters: Annotated[list[list[str]], Repeatable] = field(default_factory=list)
+    """openrlbenchmark's filter groups, repeatable: '?we=E&wpn=P&xaxis=X&ceik=KEY&cen=KEY&metrics=M' then one
+    selection 'EXP_NAME?tag=T&user=U&cl=LABEL' per variant; they set variants, metrics and x-axis, and read W&B E/P
+    unless --wandb-dir/--run-dir is given. Defaults: xaxis=global_step ceik=env_id cen=exp_name, and
+    metrics=charts/episodic_return"""
+    env_ids: Annotated[list[list[str]], Repeatable] = field(default_factory=list)
+    """with --filters: keep runs whose config[ceik] is one of these (once for every group, or once per group);
+    several make one variant per env, 'LABEL (ENV)'"""
+    check_empty_runs: bool = True
+    """with --filters: a selection matching no run is an error (else a warning, and it is left out)"""
+    pc: orb.PlotConfig = field(default_factory=orb.PlotConfig)
+    """the page's layout, openrlbenchmark's --pc.*"""
+    output_filename: Path | None = None
+    """openrlbenchmark's output stem: where it writes PATH.png we write the report into the folder PATH/
+    (the flag --output-dir wins)"""
+    scan_history: bool = False
+    """accepted for openrlbenchmark's command lines; histories are always read in full (never sampled)"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,134 +120,235 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args: ReportArgs, console: Console | None = None) -> int:
-    """Write the report; exit code 0, 1 when no run matches, 2 for unusable arguments or run dir."""
+    """Write the report; exit code 0, 1 when no run matches, 2 for unusable arguments, sources or metrics."""
     # Piped to a file or CI log, rich would wrap the table at 80 columns.
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     err = Console(stderr=True, soft_wrap=True)
+
+    def fail(message: str) -> int:
+        err.print(f"[red]error:[/] {escape(message)}")
+        return 2
+
     try:
         filters = Filters(args.tags, args.group, args.state, parse_assignments(args.filter, "--filter"))
         labels = parse_assignments(args.labels, "--labels")
     except ValueError as error:
-        err.print(f"[red]error:[/] {escape(str(error))}")
-        return 2
-    if problem := args.problem():
-        err.print(f"[red]error:[/] {escape(problem)}")
-        return 2
+        return fail(str(error))
+    selected: dict[str, list[Run]] | None = None
     try:
-        found = gather(args, filters)
-    except ManifestError as error:
-        err.print(f"[red]error:[/] {escape(str(error))}")
-        return 2
-    runs = [run for run in found.runs if filters.keep(run)]
+        if args.filters:  # openrlbenchmark's syntax: its groups choose the sources, runs, metrics and variants
+            args, found, selected = _from_filter_groups(args, filters)
+            runs = list({run.id: run for group in selected.values() for run in group}.values())
+        else:
+            if problem := args.problem():
+                return fail(problem)
+            found = gather(args, filters)
+            runs = [run for run in found.runs if filters.keep(run)]
+    except (ValueError, ManifestError) as error:
+        return fail(str(error))
     if not runs:
         err.print(f"[red]No runs match[/] the filters ({escape(filters.describe())}); " + escape(describe(found.runs)))
         _print_warnings(found.warnings, err)
         return 1
+    if problem := _unknown_metrics([*args.metrics, *([] if args.x_axis in X_AXES else [args.x_axis])], runs):
+        return fail(problem)
+
+    warnings = list(found.warnings)
+    groups, comparisons = _variants(runs, args, labels, selected, warnings)
+    expected = {labels.get(v, v): seeds for v, seeds in (found.expected_seeds or {}).items()}
+    table = Results.of(groups, [*args.metrics, workload.SAMPLES_PER_S, args.x_axis])
+    used = table.only(table.runs["run"][args.include_crashed | ~table.runs["state"].isin(BROKEN_STATES)])
+    drawn = [v for v in groups if v in set(used.points["variant"])]
+    try:
+        findings = judge(used, drawn, args.baseline, args.metrics, args.epsilon, args.last_n) if drawn else None
+    except ValueError as error:
+        return fail(str(error))
 
     name = args.name or (args.run_dir.name if args.run_dir else args.project) or "report"
-    out = args.output_dir or Path("results") / name
+    out = args.output_dir or args.output_filename or Path("results") / name
     out.mkdir(parents=True, exist_ok=True)
-    warnings = list(found.warnings)
-    written = _draw(runs, name, out, args, labels, warnings)
-    rows = _table(runs, found.expected_seeds or {}, args, labels)
-    svgs = [p for p in written if p.suffix == ".svg"]
-    summary.write_markdown(rows, args.metrics, out / "summary.md", args.last_n)
+    table.write(out / "results.parquet")
+    rows = summary.rows_of(table, args.metrics, args.last_n, expected, args.include_crashed)
+    written = []
+    for title, variants in comparisons:
+        curves = _curves(used, variants, args, args.x_axis, warnings)
+        if curves:
+            written += figures.plot(curves, args.x_axis, f"{name}: {title}", out / title, args.band)
+        else:
+            warnings.append(f"{title}: none of the metrics {args.metrics} was logged by its runs; no figure")
+    images = _compare_figures(used, findings, args, out) if findings else []
+    title = args.title or (PRESET_TITLES[args.preset[0]] if len(args.preset) == 1 else name)
+    finding = args.finding if args.finding is not None else (findings.headline() if findings else "")
+    lines = findings.lines() if findings else []
+    pngs = [p.name for p in written if p.suffix == ".png"] + [p.name for p in images if p.suffix == ".png"]
+    summary.write_markdown(rows, args.metrics, out / "summary.md", args.last_n, title, finding, lines, pngs,
+                           args.asset_url)
     summary.write_csv(rows, out / "summary.csv")
-    summary.write_html(rows, args.metrics, svgs, warnings, out / "index.html", args.last_n, read_verdicts(out))
+    page.write_page(out, _page(used, table, rows, args, title, finding, lines, images, warnings, found))
 
     summary.print_table(rows, args.metrics, console)
+    for line in lines:
+        console.print(line.replace("**", "").replace("`", ""), highlight=False)
     _print_warnings(warnings, err)
-    console.print(f"wrote {out}/: {', '.join(p.name for p in written)}, summary.md, summary.csv, index.html")
+    console.print(f"wrote {out}/: index.html, results.parquet, summary.md, summary.csv, "
+                  + ", ".join(p.name for p in [*written, *images]))
     return 0
 
 
-def _used(group: list[Run], args: ReportArgs) -> list[Run]:
-    """The runs that are averaged: crashed and failed ones only when asked for."""
-    return [run for run in group if args.include_crashed or run.state not in BROKEN_STATES]
-
-
-def _draw(
-    runs: list[Run], name: str, out: Path, args: ReportArgs, labels: dict[str, str], warnings: list[str]
-) -> list[Path]:
-    """One figure per comparison (the presets asked for, else all variants); the files written."""
-    # Jobs with no W&B data yet count in the table, not in the figures.
-    logged = [run for run in runs if not run.history.empty]
+def _variants(
+    runs: list[Run], args: ReportArgs, labels: dict[str, str], selected: dict[str, list[Run]] | None,
+    warnings: list[str],
+) -> tuple[dict[str, list[Run]], list[tuple[str, list[str]]]]:
+    """The runs by variant (one name per variant everywhere: the presets' labels, --filters' cl=, --labels), and the
+    static figures to draw: (title, its variants)."""
+    if selected is not None:  # --filters chose and labelled the variants: a run may be in two
+        return dict(selected), [("curves", list(selected))]
     if args.preset:
-        comparisons = [(preset, *preset_selection(preset, logged)) for preset in args.preset]
-    else:
-        comparisons = [("curves", logged, key_of(args.group_by))]
-    written: list[Path] = []
-    for title, chosen, key in comparisons:
-        groups = {label: _used(group, args) for label, group in group_runs(chosen, key, labels).items()}
-        curves = _curves(groups, args, warnings)
-        if not curves:
-            warnings.append(f"{title}: none of the metrics {args.metrics} was logged by its runs; no figure")
-            continue
-        written += figures.plot(curves, args.x_axis, f"{name}: {title}", out / title, args.band)
+        groups: dict[str, list[Run]] = {}
+        comparisons = []
+        logged = [run for run in runs if not run.history.empty]
+        for preset in args.preset:
+            chosen, label = preset_selection(preset, logged)
+            for run in chosen:
+                groups.setdefault(labels.get(label(run), label(run)), []).append(run)
+            comparisons.append((preset, list(dict.fromkeys(labels.get(label(r), label(r)) for r in chosen))))
+        # A run no preset compares still has its row, under its exp name.
+        placed = {run.id for group in groups.values() for run in group}
+        for run in runs:
+            if run.id not in placed:
+                groups.setdefault(labels.get(exp_name(run), exp_name(run)), []).append(run)
+        return groups, comparisons
+    if args.group_by and args.group_by.startswith("tag:"):
+        wanted = [t for t in args.group_by.removeprefix("tag:").split(",") if t]
+        groups = {}
+        for run in runs:
+            tag = next((t for t in wanted if t in run.tags), None)
+            if tag is None:
+                warnings.append(f"run {run.name} carries none of the tags {', '.join(wanted)}; left out")
+            else:
+                groups.setdefault(labels.get(tag, tag), []).append(run)
+        return groups, [("curves", list(groups))]
+    groups = group_runs(runs, key_of(args.group_by), labels)
+    return groups, [("curves", list(groups))]
+
+
+def _unknown_metrics(metrics: list[str], runs: list[Run]) -> str | None:
+    """A metric no run logged, with the logged names closest to it; None when every one was logged somewhere
+    (or nothing was logged yet: a sweep just started has a table and no curves)."""
+    logged = {column for run in runs for column in run.history.columns}
+    if logged <= {"_step"}:
+        return None
+    for metric in metrics:
+        if metric not in logged:
+            close = difflib.get_close_matches(metric, sorted(logged), n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else f"; logged: {', '.join(sorted(logged)[:20])}"
+            return f"no run logged the metric {metric}" + hint
+    return None
+
+
+def _curves(
+    table: Results, variants: list[str], args: ReportArgs, x_axis: str, warnings: list[str] | None
+) -> dict[str, dict[str, Curve]]:
+    """curves[metric][variant] against `x_axis` for every metric some run logged; names the runs lacking one."""
+    curves: dict[str, dict[str, Curve]] = {}
+    names = dict(zip(table.runs["run"], table.runs["name"], strict=True))
+    for metric in args.metrics:
+        found = table.series(metric, x_axis, args.smooth)
+        for variant in variants:
+            if found.get(variant):
+                limits = workload.METRIC_LIMITS.get(metric, (None, None))
+                curves.setdefault(metric, {})[variant] = curve(found[variant], args.band, limits)
+        if warnings is not None:
+            have = {s.run for group in found.values() for s in group}
+            # A job with no data yet is a table entry, not a run "missing a metric".
+            logged = set(table.points["run"])
+            of_variants = table.runs[table.runs["variant"].isin(variants)]
+            lacking = [names[r] for r in dict.fromkeys(of_variants["run"]) if r in logged and r not in have]
+            if lacking:
+                warnings.append(f"{metric} (x: {x_axis}) missing from runs {', '.join(lacking)}; plotted where present")
+    return curves
+
+
+def _compare_figures(table: Results, findings: Findings, args: ReportArgs, out: Path) -> list[Path]:
+    """`benchmark compare`'s figure for each candidate against the baseline."""
+    written = []
+    for candidate, results in findings.verdicts.items():
+        pair = [findings.baseline, candidate]
+        curves = {r.metric: _curves(table, pair, args, args.x_axis, None).get(r.metric, {}) for r in results}
+        finals = {r.metric: {v: table.finals(r.metric, args.last_n).get(v, np.array([])) for v in pair}
+                  for r in results}
+        titles = {r.metric: f"{r.metric}: {r.verdict}" for r in results}
+        stem = out / ("compare-" + re.sub(r"[^A-Za-z0-9_.+-]+", "_", candidate))
+        written += figures.plot_comparison(curves, finals, titles, args.x_axis, stem)
     return written
 
 
-def _table(
-    runs: list[Run], expected_seeds: dict[str, list[int]], args: ReportArgs, labels: dict[str, str]
-) -> list[summary.Row]:
-    """A row per variant of the default grouping (or --group-by), whatever the presets drew."""
-    expected = {labels.get(v, v): seeds for v, seeds in expected_seeds.items()}
-    variants = group_runs(runs, key_of(args.group_by), labels)
-    if args.group_by is None:  # the sweep's variants: one none of whose jobs started is still a row
-        for variant in expected:
-            variants.setdefault(variant, [])
-    return [
-        summary.summarize(
-            variant, group, _used(group, args), args.metrics, args.last_n, expected.get(variant), args.include_crashed
-        )
-        for variant, group in variants.items()
-    ]
+def _page(
+    used: Results, table: Results, rows: list[summary.Row], args: ReportArgs, title: str, finding: str,
+    lines: list[str], images: list[Path], warnings: list[str], found: Found,
+) -> page.PageData:
+    """The interactive page's data: every metric against every x-axis the runs logged, the table, the findings,
+    the provenance and a few generations per variant."""
+    variants = list(dict.fromkeys(table.runs["variant"]))
+    axes = list(dict.fromkeys([args.x_axis, *X_AXES]))
+    seeds = {r: f"seed {s}" if s is not None and not pd.isna(s) else n
+             for r, s, n in zip(used.runs["run"], used.runs["seed"], used.runs["name"], strict=True)}
+    traces: dict[str, dict[str, dict[str, page.Trace]]] = {}
+    for axis in axes:
+        by_metric = _curves(used, variants, args, axis, None)
+        for metric, by_variant in by_metric.items():
+            found_series = used.series(metric, axis, args.smooth)
+            traces.setdefault(metric, {})[X_AXES.get(axis, axis)] = {
+                variant: page.Trace(
+                    x=c.x.tolist(), mean=c.mean.tolist(), low=c.low.tolist(), high=c.high.tolist(), n=c.n.tolist(),
+                    per_seed={seeds.get(s.run, s.run): (s.x.tolist(), s.y.tolist()) for s in found_series[variant]},
+                )
+                for variant, c in by_variant.items()
+            }
+    shown_axes = [X_AXES.get(a, a) for a in axes if any(X_AXES.get(a, a) in t for t in traces.values())]
+    samples = {}
+    for variant, meta in zip(table.runs["variant"], table.runs["meta"], strict=True):
+        if meta.get("samples") and len(samples.setdefault(variant, [])) < 3:
+            samples[variant] += [tuple(s) for s in meta["samples"]][: 3 - len(samples[variant])]
+    band = {"std": "mean ± one std over seeds, within the metric's range", "ci95": "bootstrap 95% CI of the mean",
+            "iqr": "interquartile range over seeds"}[args.band]
+    return page.PageData(
+        title=title, finding=finding, verdicts=lines, metrics=[m for m in args.metrics if m in traces],
+        x_axes=shown_axes or [X_AXES.get(args.x_axis, args.x_axis)], variants=variants, traces=traces, band=band,
+        ncols=args.pc.ncols, ncols_legend=args.pc.ncols_legend,
+        table_headers=summary.headers(args.metrics), table_rows=[row.cells() for row in rows],
+        table_sort_values=[row.sort_values() for row in rows],
+        provenance=provenance(table.runs, found.plan, found.expected_seeds),
+        samples=samples, images=[(p.name, p.stem) for p in images if p.suffix == ".png"], warnings=warnings,
+        footnote=summary.footnote(args.last_n),
+    )
 
 
-def gather(args: Sources, filters: Filters) -> Found:
-    """Every run the sources hold (cloud runs narrowed by `filters` already), matched to the run
-    dir's jobs when one is given."""
-    found = Found()
-    manifest = Manifest.load(args.run_dir) if args.run_dir else None
-    if manifest and not (args.wandb_dir or args.project):
-        # Only the sweep's own runs are decoded from the folders its jobs wrote to.
-        offline.read_runs(rundir.run_files(manifest), found)
-    else:
-        files: list[Path] = []
-        for directory in args.wandb_dir:
-            here = offline.find_run_files(directory)
-            if not here:
-                found.warnings.append(f"{directory}: no offline-run-*/run-* folders with a .wandb file")
-            files += here
-        offline.read_runs(files, found)
-    if args.project and args.entity:
-        found.add(cloud.fetch_runs(args.entity, args.project, filters, args.cache_dir, args.refresh))
-    if manifest:
-        found.plan = manifest.plan
-        found.runs, found.expected_seeds = rundir.match_jobs(manifest, found.runs)
-    return found
-
-
-def _curves(groups: dict[str, list[Run]], args: ReportArgs, warnings: list[str]) -> dict[str, dict[str, Curve]]:
-    """curves[metric][variant] for every metric that some run logged; names the runs lacking one."""
-    curves: dict[str, dict[str, Curve]] = {}
-    for metric in args.metrics:
-        lacking = []
-        for variant, group in groups.items():
-            found = []
-            for run in group:
-                s = series(run, metric, args.x_axis, args.smooth)
-                if s is None:
-                    lacking.append(run.name)
-                else:
-                    found.append(s)
-            if found:
-                curves.setdefault(metric, {})[variant] = curve(found, args.band)
-        if lacking:
-            warnings.append(
-                f"{metric} (x: {args.x_axis}) missing from runs {', '.join(lacking)}; plotted where present"
-            )
-    return curves
+def _from_filter_groups(args: ReportArgs, filters: Filters) -> tuple[ReportArgs, Found, dict[str, list[Run]]]:
+    """--filters: the runs each selection chooses (label -> runs), read from the local sources given, else
+    fetched from the groups' W&B projects; and the args with the groups' metrics, x-axis and a name."""
+    if args.preset or args.group_by or args.labels:
+        raise ValueError("--filters chooses and labels (cl=) the variants itself: drop --preset, --group-by, --labels")
+    groups = orb.parse_filters(args.filters)
+    env_ids = orb.env_ids_per_group(args.env_ids, len(groups))
+    metrics, x_axis = orb.metrics_and_x_axis(groups)
+    if args.local():  # local runs: the filters choose among them
+        if problem := args.problem():
+            raise ValueError(problem)
+        found = gather(args, filters)
+    else:  # as openrlbenchmark: each selection's runs, narrowed on the server, full histories, cached
+        found = Found()
+        for entity, project, query in orb.cloud_queries(groups, env_ids, args.entity, args.project):
+            found.add(cloud.fetch_runs(entity, project, query, args.cache_dir, args.refresh))
+    runs = [run for run in found.runs if filters.keep(run)]
+    selected = orb.select_groups(runs, groups, env_ids)
+    if empty := orb.unmatched(runs, groups, env_ids, selected):
+        if args.check_empty_runs:
+            raise ValueError("\n".join(empty) + "\n(--no-check-empty-runs leaves such selections out with a warning)")
+        found.warnings += empty
+        selected = {label: group for label, group in selected.items() if group}
+    name = args.name or (args.output_filename.name if args.output_filename else groups[0].project or args.project)
+    return replace(args, metrics=metrics, x_axis=x_axis, name=name), found, selected
 
 
 def _print_warnings(warnings: list[str], err: Console) -> None:

@@ -80,9 +80,26 @@ def _from_api(api_run: Any, entity: str, project: str) -> Run:
         entity=entity,
         group=api_run.group or "",
         tags=list(api_run.tags),
+        # Set only when the server sent the run's user (openrlbenchmark's `user=` selects by it).
+        user=getattr(getattr(api_run, "user", None), "username", None) or "",
         gpu_count=metadata.get("gpu_count"),
         source=api_run.url,
+        meta=_provenance(metadata),
     )
+
+
+def _provenance(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What W&B's run metadata says of the machine and the command, under the offline reader's names."""
+    found = {
+        "host": metadata.get("host"), "os": metadata.get("os"), "python": metadata.get("python"),
+        "cpu": (metadata.get("cpu") or {}).get("model") if isinstance(metadata.get("cpu"), dict) else None,
+        "gpu": f"{metadata['gpu_count']} x {metadata.get('gpu', 'GPU')}" if metadata.get("gpu_count") else None,
+        "cuda": metadata.get("cuda"), "commit": (metadata.get("git") or {}).get("commit"),
+        "started": metadata.get("startedAt"),
+        "command": " ".join(["python", metadata["program"], *metadata.get("args", [])]) if metadata.get("program")
+        else None,
+    }
+    return {k: v for k, v in found.items() if v}
 
 
 def cached(cache: Path, run_id: str, version: str, fetch: Callable[[], Run], refresh: bool = False) -> Run:

@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, cast
+from typing import Annotated, Literal, cast
 
 import numpy as np
 import tyro
@@ -25,10 +25,11 @@ from rich.table import Table
 from benchmark import workload
 from benchmark.manifest import ManifestError
 from benchmark.report import figures
-from benchmark.report.aggregate import curve, final_value, series
-from benchmark.report.cli import Sources, gather
+from benchmark.report.aggregate import curve
+from benchmark.report.results import Results
 from benchmark.report.runs import BROKEN_STATES, Filters, Run, config_value, describe, exp_name, value_matches
-from benchmark.report.verdict import Comparison, Direction, compare, verdict_line
+from benchmark.report.sources import Sources, gather
+from benchmark.report.verdict import Comparison, Direction, compare, epsilons, verdict_line
 
 FailOn = Literal["worse", "not-equivalent", "never"]
 _GOOD = {"equivalent", "unchanged"}  # what --fail-on not-equivalent lets pass
@@ -47,8 +48,9 @@ class CompareArgs(Sources):
     """metrics to judge; NAME:higher, NAME:lower or NAME:two-sided sets which way is better"""
     last_n: int = 10
     """a run's score is the mean of its last N logged values"""
-    epsilon: float = 0.1
-    """the difference, in the metric's units, below which two sides count as equivalent"""
+    epsilon: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
+    """the difference below which two sides count as equivalent, in the metric's units: METRIC=VALUE (repeatable),
+    or VALUE for every metric not named; unset: 0.1 for env/reward_mean, 0.5 for objective/kl, else 0.1"""
     alpha: float = 0.05
     """significance level (Holm-corrected across the metrics); intervals are at 1 - alpha"""
     fail_on: FailOn = "never"
@@ -59,6 +61,9 @@ class CompareArgs(Sources):
     """score crashed and failed runs too"""
     output_dir: Path | None = None
     """where compare.md, compare.json and the figure go; unset: results/<baseline>-vs-<candidate>"""
+    asset_url: str | None = None
+    """the URL the output folder will be uploaded to: compare.md then shows the figure from there (GitHub cannot
+    show a file beside the comment); unset, compare.md names the figure in words"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,21 +110,27 @@ def run(args: CompareArgs, console: Console | None = None) -> int:
     sides = {side: select(usable, refs.get(selection, selection))
              for side, selection in (("baseline", args.baseline), ("candidate", args.candidate))}
     metrics = dict(direction_of(spec) for spec in args.metric)
+    try:
+        epsilon = epsilons(args.epsilon, list(metrics))
+    except ValueError as error:
+        return fail(str(error))
+    table = Results.of(sides, [*metrics, args.x_axis])
     scores: dict[str, dict[str, np.ndarray]] = {side: {} for side in sides}
-    for side, runs in sides.items():
-        for metric in metrics:
-            found_series = [s for run in runs if (s := series(run, metric, "_step")) is not None]
-            scores[side][metric] = np.array([final_value(s, args.last_n) for s in found_series])
-            if len(found_series) < 2:
+    for metric in metrics:
+        finals = table.finals(metric, args.last_n)
+        for side in sides:
+            scores[side][metric] = finals.get(side, np.array([]))
+            if len(scores[side][metric]) < 2:
                 selection = getattr(args, side)
-                return fail(f"--{side} {selection} selects {len(found_series)} run(s) that logged {metric}; a "
-                            f"verdict needs at least 2 a side. The sources hold: {describe(found.runs)}")
-    results = compare(scores["baseline"], scores["candidate"], metrics, args.epsilon, args.alpha)
+                return fail(f"--{side} {selection} selects {len(scores[side][metric])} run(s) that logged {metric}; "
+                            f"a verdict needs at least 2 a side. The sources hold: {describe(found.runs)}")
+    results = compare(scores["baseline"], scores["candidate"], metrics, epsilon, args.alpha)
     out = args.output_dir or Path("results") / _slug(f"{args.baseline}-vs-{args.candidate}")
     out.mkdir(parents=True, exist_ok=True)
-    written = _figure(sides, scores, results, args, out)
+    written = _figure(table, scores, results, args, out)
     (out / "compare.json").write_text(json.dumps(_json(results, args), indent=2) + "\n")
-    (out / "compare.md").write_text(markdown(results, args, [p.name for p in written if p.suffix == ".png"]))
+    figure = next(p.name for p in written if p.suffix == ".png")
+    (out / "compare.md").write_text(markdown(results, args, figure))
     console.print(_table(results, args))
     for warning in found.warnings:
         err.print("[yellow]warning:[/] " + escape(warning), highlight=False)
@@ -134,13 +145,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text)
 
 
-_HEADERS = ("metric", "direction", "baseline mean (IQM)", "candidate mean (IQM)", "Δ [CI]", "Welch p (Holm)",
+_HEADERS = ("metric", "direction", "ε", "baseline mean (IQM)", "candidate mean (IQM)", "Δ [CI]", "Welch p (Holm)",
             "P(improvement) [CI]", "verdict", "seeds a side for ε")
 
 
 def _cells(r: Comparison) -> list[str]:
     return [
-        r.metric, r.direction,
+        r.metric, r.direction, f"{r.epsilon:g}",
         f"{r.mean_baseline:.3g} ({r.iqm_baseline:.3g}), n={r.n_baseline}",
         f"{r.mean_candidate:.3g} ({r.iqm_candidate:.3g}), n={r.n_candidate}",
         f"{r.delta:+.3g} [{r.ci[0]:+.3g}, {r.ci[1]:+.3g}]",
@@ -157,23 +168,31 @@ def _method(args: CompareArgs) -> str:
             f"{level}% percentile bootstrap interval (10,000 resamples, each side resampled on its own). better / "
             f"worse (changed): Δ's interval excludes 0, P(improvement)'s excludes 0.5 the same way, and Welch's "
             f"test, Holm-corrected across the {len(args.metric)} metric(s), has p < {args.alpha}. equivalent "
-            f"(unchanged): Δ's {round(100 * (1 - 2 * args.alpha))}% interval lies within ±ε = ±{args.epsilon} (TOST). "
+            f"(unchanged): Δ's {round(100 * (1 - 2 * args.alpha))}% interval lies within ±ε (TOST; ε per metric "
+            "above). "
             "Seeds a side: Welch's test at power 0.8 for a difference of ε, from the observed variances.")
 
 
-def markdown(results: list[Comparison], args: CompareArgs, figure_names: list[str]) -> str:
+def markdown(results: list[Comparison], args: CompareArgs, figure: str) -> str:
+    """compare.md, for a PR comment: the figure from `--asset-url` where the folder was uploaded, else in words (a
+    file beside the comment is a broken image on GitHub)."""
     lines = [f"## benchmark compare: `{args.candidate}` against `{args.baseline}`", ""]
     lines += [f"- {verdict_line(result)}" for result in results]
     lines += ["", "| " + " | ".join(_HEADERS) + " |", "|" + "---|" * len(_HEADERS)]
     lines += ["| " + " | ".join(_cells(result)) + " |" for result in results]
-    lines += ["", *(f"![{name}]({name})" for name in figure_names), "", _method(args), ""]
+    if args.asset_url:
+        lines += ["", f"![{figure}]({args.asset_url.rstrip('/')}/{figure})"]
+    else:
+        lines += ["", f"The figure (curves and each run's final score) is `{figure}` beside this file; pass "
+                      "`--asset-url URL` of where the folder is uploaded to show it here."]
+    lines += ["", _method(args), ""]
     return "\n".join(lines)
 
 
 def _json(results: list[Comparison], args: CompareArgs) -> dict[str, object]:
     return {
-        "baseline": args.baseline, "candidate": args.candidate, "last_n": args.last_n, "epsilon": args.epsilon,
-        "alpha": args.alpha, "metrics": [asdict(result) for result in results],
+        "baseline": args.baseline, "candidate": args.candidate, "last_n": args.last_n, "alpha": args.alpha,
+        "metrics": [asdict(result) for result in results],
     }
 
 
@@ -186,14 +205,11 @@ def _table(results: list[Comparison], args: CompareArgs) -> Table:
     return table
 
 
-def _figure(sides: dict[str, list[Run]], scores: dict[str, dict[str, np.ndarray]], results: list[Comparison],
+def _figure(table: Results, scores: dict[str, dict[str, np.ndarray]], results: list[Comparison],
             args: CompareArgs, out: Path) -> list[Path]:
     labels = {"baseline": f"baseline: {args.baseline}", "candidate": f"candidate: {args.candidate}"}
-    curves = {
-        r.metric: {labels[side]: curve([s for run in runs if (s := series(run, r.metric, args.x_axis)) is not None])
-                   for side, runs in sides.items()}
-        for r in results
-    }
-    finals = {r.metric: {labels[side]: scores[side][r.metric] for side in sides} for r in results}
+    curves = {r.metric: {labels[side]: curve(found) for side, found in table.series(r.metric, args.x_axis).items()}
+              for r in results}
+    finals = {r.metric: {labels[side]: scores[side][r.metric] for side in labels} for r in results}
     titles = {r.metric: f"{r.metric}: {r.verdict}" for r in results}
     return figures.plot_comparison(curves, finals, titles, args.x_axis, out / "compare")

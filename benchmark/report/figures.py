@@ -39,7 +39,7 @@ def plot(curves: dict[str, dict[str, Curve]], x_axis: str, title: str, stem: Pat
     colours = {v: f"C{i % 10}" for i, v in enumerate(variants)}
     for ax, metric in zip(axes, metrics, strict=True):
         for variant, full in curves[metric].items():
-            c = _thinned(full)
+            c = thinned(full)
             ax.plot(c.x, c.mean, color=colours[variant], linewidth=1.2, label=f"{variant} (n={int(full.n.max())})")
             if not np.isnan(c.low).all():
                 ax.fill_between(c.x, c.low, c.high, color=colours[variant], alpha=0.2, linewidth=0)
@@ -67,11 +67,11 @@ def _table(curves: dict[str, dict[str, Curve]], x_axis: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def _thinned(c: Curve) -> Curve:
-    """At most `_MAX_DRAWN` points per line, each the mean of a bin of neighbours, so that no logged
+def thinned(c: Curve, most: int = _MAX_DRAWN) -> Curve:
+    """At most `most` points per line, each the mean of a bin of neighbours, so that no logged
     point is skipped (unlike sampling) and a gap stays a gap. Only drawing sees this; the summary
     is computed from every point."""
-    size = -(-len(c.x) // _MAX_DRAWN)  # points per bin, rounded up
+    size = -(-len(c.x) // most)  # points per bin, rounded up
     if size <= 1:
         return c
 
@@ -97,7 +97,7 @@ def plot_comparison(
     axes = figure.subplots(len(metrics), 2, squeeze=False, gridspec_kw={"width_ratios": [3, 1]})
     for (curve_ax, final_ax), metric in zip(axes, metrics, strict=True):
         for i, (side, c) in enumerate(curves[metric].items()):
-            c = _thinned(c)
+            c = thinned(c)
             curve_ax.plot(c.x, c.mean, color=f"C{i}", linewidth=1.2, label=side)
             if not np.isnan(c.low).all():
                 curve_ax.fill_between(c.x, c.low, c.high, color=f"C{i}", alpha=0.2, linewidth=0)

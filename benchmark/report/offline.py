@@ -18,11 +18,13 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import struct
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from wandb.proto import wandb_internal_pb2 as pb
 from benchmark.report.history_decode import BYTES, decode_history, stand_in_types
 from benchmark.report.runs import CRASHED, FAILED, FINISHED, RUNNING, Found, Run
 
+_GAME_LOG = re.compile(r"game_log_(\d+)_[0-9a-f]+\.table\.json")
 _MAGIC = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
 _BLOCK = 32 * 1024
 _CHUNK_HEADER = struct.Struct("<IHB")
@@ -143,9 +146,16 @@ def read_run(path: Path) -> tuple[Run, Damage | None]:
         _apply_items(config, run_record.config)
     for body in index.config:
         _apply_items(config, pb.ConfigRecord.FromString(body))
+    provenance: dict[str, Any] = {}
     for body in index.environment:
-        if gpu_count := pb.EnvironmentRecord.FromString(body).gpu_count:
-            meta["gpu_count"] = gpu_count
+        environment = pb.EnvironmentRecord.FromString(body)
+        if environment.gpu_count:
+            meta["gpu_count"] = environment.gpu_count
+        provenance |= _environment(environment)
+    if libraries := _libraries(path.parent / "files" / "requirements.txt"):
+        provenance["libraries"] = libraries
+    if samples := _game_samples(path):
+        provenance["samples"] = samples
     exit_code = pb.RunExitRecord.FromString(index.exit[-1]).exit_code if index.exit else None
     config.pop("_wandb", None)  # wandb's own bookkeeping, not the user's config
     run = Run(
@@ -156,6 +166,7 @@ def read_run(path: Path) -> tuple[Run, Damage | None]:
         summary=LazySummary(path),
         history=decode_history(index.history),
         source=str(path),
+        meta=provenance,
         **{k: v for k, v in meta.items() if k not in ("id", "name")},
     )
     return run, damage
@@ -219,15 +230,22 @@ def file_id(path: Path) -> str:
     return path.stem.removeprefix("run-")
 
 
-def read_runs(files: list[Path], found: Found) -> None:
-    """Decode `files` into `found`, their damage as warnings. Decoding is CPU-bound Python, so
-    runs are read by one process per core when there are enough of them."""
+def read_runs(files: list[Path], found: Found, advance: Callable[[], object] | None = None) -> None:
+    """Decode `files` into `found`, their damage as warnings; `advance` is called once per run read (a
+    progress bar). Decoding is CPU-bound Python, so runs are read by one process per core when there are
+    enough of them."""
     workers = min(os.cpu_count() or 1, len(files) // _RUNS_PER_WORKER)
-    if workers > 1:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            results = list(pool.map(read_run, files))
-    else:
-        results = [read_run(path) for path in files]
+    results = []
+    with ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")))
+            decoded: Iterable[tuple[Run, Damage | None]] = pool.map(read_run, files)
+        else:
+            decoded = map(read_run, files)
+        for result in decoded:
+            results.append(result)
+            if advance is not None:
+                advance()
     found.warnings += [str(damage) for _, damage in results if damage is not None]
     found.add([run for run, _ in results])
 
@@ -264,6 +282,53 @@ def _run_meta(run: pb.RunRecord) -> dict[str, Any]:
         "group": run.run_group,
         "tags": list(run.tags),
     }
+
+
+def _environment(record: pb.EnvironmentRecord) -> dict[str, Any]:
+    """What W&B recorded of the machine and the command (a run writes several partial records)."""
+    found: dict[str, Any] = {
+        "host": record.host, "os": record.os, "python": record.python, "cpu": record.cpu.model,
+        "gpu": record.gpu_type, "cuda": record.cuda_version, "commit": record.git.commit,
+        "command": " ".join(["python", record.program, *record.args]) if record.program else "",
+    }
+    if record.HasField("started_at"):
+        found["started"] = record.started_at.ToDatetime().isoformat(timespec="seconds") + "Z"
+    if record.gpu_count:
+        found["gpu"] = f"{record.gpu_count} x {record.gpu_type}" if record.gpu_type else f"{record.gpu_count} GPU(s)"
+    return {k: v for k, v in found.items() if v}
+
+
+# The libraries a report names in its provenance, of the many in a run's requirements.txt.
+LIBRARIES = ("torch", "transformers", "trl", "trl-benchmark", "peft", "accelerate", "wandb")
+
+
+def _libraries(requirements: Path) -> dict[str, str]:
+    """name -> version of LIBRARIES, from the `pip freeze` W&B saves beside a run (absent: {})."""
+    try:
+        lines = requirements.read_text().splitlines()
+    except OSError:
+        return {}
+    pinned = dict(line.split("==", 1) for line in lines if "==" in line)
+    return {name: pinned[name] for name in LIBRARIES if name in pinned}
+
+
+def _game_samples(path: Path, count: int = 3) -> list[tuple[str, str, float]]:
+    """The first `count` rows (query, response, reward) of the last game log the run saved beside its file (W&B
+    names each table file after its step): a few generations for the page, since RL-tuning users read outputs."""
+    media = path.parent / "files" / "media" / "table"
+    try:
+        logs = [(int(m.group(1)), p) for p in media.iterdir() if (m := _GAME_LOG.fullmatch(p.name))]
+    except OSError:
+        return []
+    if not logs:
+        return []
+    try:
+        table = json.loads(max(logs)[1].read_text())
+        columns = table["columns"]
+        want = [columns.index(c) for c in ("query", "response", "reward")]
+    except (OSError, ValueError, KeyError):
+        return []
+    return [(str(row[want[0]]), str(row[want[1]]), float(row[want[2]])) for row in table["data"][:count]]
 
 
 def _state(exit_code: int | None, damage: Damage | None, path: Path) -> str:

@@ -14,6 +14,12 @@ from typing import Literal
 from benchmark.report.runs import Run, config_value, exp_name
 
 Preset = Literal["baseline", "grad-accum", "model-size", "peft"]
+PRESET_TITLES: dict[str, str] = {
+    "baseline": "PPO sentiment tuning: the baseline over seeds",
+    "grad-accum": "Gradient accumulation against one mini batch per update",
+    "model-size": "Model size",
+    "peft": "LoRA (PEFT) against full fine-tuning",
+}
 
 
 @dataclass(frozen=True)

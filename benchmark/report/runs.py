@@ -41,11 +41,16 @@ class Run:
     entity: str = ""
     group: str = ""
     tags: list[str] = field(default_factory=list)
+    user: str = ""  # the W&B user who logged it: known for cloud runs only (offline files do not say)
     gpu_count: int | None = None
     source: str = ""  # a file or URL, to name the run in warnings
     # Set by the run-dir source: the harness, not W&B, knows which variant and seed a job was.
     variant: str | None = None
     seed: int | None = None
+    # Where and how it ran, as W&B recorded it: host, os, python, cpu, gpu, cuda, started, commit, command,
+    # libraries (name -> version), samples (a few (query, response, reward) of its game log); what a source
+    # knows, for the report's provenance block.
+    meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def runtime(self) -> float | None:
@@ -99,8 +104,13 @@ class Filters:
 
 def config_value(config: dict[str, Any], key: str) -> Any:
     """Look a dotted key up in a run's config, then under the workload's config key, so that
-    `exp_name` finds classic TRL's `trl_ppo_trainer_config.exp_name` too. None when absent."""
-    for path in (key, f"{workload.CONFIG_KEY}.{key}"):
+    `exp_name` finds classic TRL's `trl_ppo_trainer_config.exp_name` too. None when absent.
+
+    Each is tried as given, then without its `value` levels: W&B's raw config wraps every entry
+    as `{"value": ...}`, so keys written for its API (openrlbenchmark's
+    `trl_ppo_trainer_config.value.reward_model`) find the plain configs every source hands us."""
+    paths = (key, plain_key(key), f"{workload.CONFIG_KEY}.{key}", f"{workload.CONFIG_KEY}.{plain_key(key)}")
+    for path in dict.fromkeys(paths):  # in order, once each
         node: Any = config
         for part in path.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -109,6 +119,12 @@ def config_value(config: dict[str, Any], key: str) -> Any:
         else:
             return node
     return None
+
+
+def plain_key(key: str) -> str:
+    """A dotted config key without W&B's raw-form `value` levels (a leading `value` is a real key)."""
+    first, *rest = key.split(".")
+    return ".".join([first, *(part for part in rest if part != "value")])
 
 
 def value_matches(actual: Any, wanted: str) -> bool:

@@ -1,19 +1,21 @@
-"""The table: per variant, seeds done / expected and end results; written as md, csv, html, terminal."""
+"""The table: per variant, seeds done / expected and end results, from the results table; written as md, csv
+and on the terminal (the page shows it too)."""
 
 from __future__ import annotations
 
 import csv
-import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
 from benchmark import workload
-from benchmark.report.aggregate import Estimate, final_value, mean_ci95, series
-from benchmark.report.runs import BROKEN_STATES, FINISHED, RUNNING, Run, config_value
+from benchmark.report.aggregate import Estimate, mean_ci95
+from benchmark.report.results import Results
+from benchmark.report.runs import BROKEN_STATES, FINISHED, RUNNING
 
 # The csv's names for the default metrics, as reports have always written them; the columns of
 # any other metric are named after it.
@@ -57,6 +59,11 @@ class Row:
             self.notes(),
         ]
 
+    def sort_values(self) -> list[float | str | None]:
+        """What sorting the page's table by each column of `cells` uses."""
+        return [self.variant, self.done, *(e.mean if e.n else None for e in self.finals.values()), self.runtime_s,
+                self.samples_per_s, self.gpu_hours, self.notes()]
+
     def record(self) -> dict[str, object]:
         """The row as data, for the csv: full precision, empty where unknown."""
         return {
@@ -84,54 +91,45 @@ def headers(metrics: Sequence[str]) -> list[str]:
     return ["variant", "seeds done/expected", *finals, "runtime", "samples/s", "GPU-hours", "notes"]
 
 
-def summarize(
-    variant: str,
-    runs: list[Run],
-    used: list[Run],
-    metrics: Sequence[str],
-    last_n: int,
-    expected_seeds: list[int] | None = None,
-    include_crashed: bool = False,
-) -> Row:
-    """One variant's row. `runs` is everything found for it, `used` the runs that are averaged."""
-    seen = {run.seed for run in runs}
-    return Row(
-        variant=variant,
-        done=sum(run.state == FINISHED for run in runs),
-        expected=len(expected_seeds) if expected_seeds is not None else len(runs),
-        running=sum(run.state == RUNNING for run in runs),
-        broken=sum(run.state in BROKEN_STATES for run in runs),
-        broken_included=include_crashed,
-        missing=[s for s in expected_seeds or [] if s not in seen],
-        finals={metric: _final(used, metric, last_n) for metric in metrics},
-        runtime_s=_mean([run.runtime for run in used]),
-        samples_per_s=_mean([_samples_per_s(run) for run in used]),
-        gpu_hours=_total([_gpu_hours(run) for run in used]),
-    )
-
-
-def _final(runs: list[Run], metric: str, last_n: int) -> Estimate:
-    values = [final_value(s, last_n) for run in runs if (s := series(run, metric, "_step")) is not None]
-    return mean_ci95(values)
-
-
-def _samples_per_s(run: Run) -> float | None:
-    """Queries per second: the mean of what the run logged per step under `workload.SAMPLES_PER_S`
-    (our workload does), else, for classic TRL runs, PPO steps x batch size / runtime."""
-    logged = workload.SAMPLES_PER_S
-    if logged in run.history and run.history[logged].notna().any():
-        return float(run.history[logged].mean())
-    batch_size = config_value(run.config, "batch_size")
-    if not isinstance(batch_size, int) or not run.runtime or run.history.empty:
-        return None
-    steps = int(run.history["_step"].max()) + 1
-    return steps * batch_size / run.runtime
-
-
-def _gpu_hours(run: Run) -> float | None:
-    if not run.gpu_count or run.runtime is None:
-        return None
-    return run.gpu_count * run.runtime / 3600
+def rows_of(
+    table: Results, metrics: Sequence[str], last_n: int, expected: dict[str, list[int]], include_crashed: bool
+) -> list[Row]:
+    """A row per variant of the table (and per expected variant none of whose jobs started): its runs' states
+    and seeds, and the final values, runtime and throughput of the runs that are averaged (crashed and failed
+    ones only when asked for)."""
+    runs = table.runs
+    used = runs if include_crashed else runs[~runs["state"].isin(BROKEN_STATES)]
+    averaged = table.only(used["run"])
+    finals = {metric: averaged.finals(metric, last_n) for metric in metrics}
+    runtime = averaged.per_run("_runtime", "max")
+    logged_rate = averaged.per_run(workload.SAMPLES_PER_S, "mean")
+    steps = averaged.per_run("_samples", "count")
+    samples = averaged.per_run("_samples", "max")
+    rows = []
+    for variant in list(dict.fromkeys([*runs["variant"], *expected])):
+        mine, mine_used = runs[runs["variant"] == variant], used[used["variant"] == variant]
+        seen = {int(s) for s in mine["seed"] if s is not None and not pd.isna(s)}
+        ids = list(mine_used["run"])
+        times = [runtime[i] for i in ids if i in runtime]
+        # Samples per second: as logged per step, else all rollouts / runtime (classic TRL logs no rate).
+        rates = [logged_rate.get(i) or (samples[i] / runtime[i] if steps.get(i) and runtime.get(i) else None)
+                 for i in ids]
+        gpu_hours = [g * runtime[i] / 3600 for i, g in zip(ids, mine_used["gpu_count"], strict=True)
+                     if g and not pd.isna(g) and i in runtime]
+        rows.append(Row(
+            variant=variant,
+            done=int((mine["state"] == FINISHED).sum()),
+            expected=len(expected[variant]) if variant in expected else len(mine),
+            running=int((mine["state"] == RUNNING).sum()),
+            broken=int(mine["state"].isin(BROKEN_STATES).sum()),
+            broken_included=include_crashed,
+            missing=[s for s in expected.get(variant, []) if s not in seen],
+            finals={m: mean_ci95(list(finals[m].get(variant, []))) for m in metrics},
+            runtime_s=_mean(times),
+            samples_per_s=_mean(rates),
+            gpu_hours=_total(gpu_hours),
+        ))
+    return rows
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -162,11 +160,23 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def write_markdown(rows: list[Row], metrics: Sequence[str], path: Path, last_n: int) -> None:
+def write_markdown(
+    rows: list[Row], metrics: Sequence[str], path: Path, last_n: int, title: str = "", finding: str = "",
+    findings: Sequence[str] = (), figures: Sequence[str] = (), asset_url: str | None = None,
+) -> None:
+    """summary.md, ready for a README or a PR comment: the title, the finding, the verdicts, the figures (from
+    `asset_url` where the folder is uploaded, else named: GitHub shows no file beside a comment), the table."""
     columns = headers(metrics)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [f"## {title}", ""] if title else []
+    lines += [finding, ""] if finding else []
+    lines += [f"- {line}" for line in findings] + ([""] if findings else [])
+    if asset_url:
+        lines += [f"![{name}]({asset_url.rstrip('/')}/{name})" for name in figures] + [""]
+    elif figures:
+        lines += ["Figures beside this file: " + ", ".join(f"`{name}`" for name in figures) + " (and index.html).", ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row.cells()) + " |" for row in rows]
-    path.write_text("\n".join(lines + ["", _footnote(last_n)]) + "\n")
+    path.write_text("\n".join(lines + ["", footnote(last_n)]) + "\n")
 
 
 def write_csv(rows: list[Row], path: Path) -> None:
@@ -174,34 +184,6 @@ def write_csv(rows: list[Row], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0].record()) if rows else ["variant"])
         writer.writeheader()
         writer.writerows(row.record() for row in rows)
-
-
-def write_html(
-    rows: list[Row], metrics: Sequence[str], figures: list[Path], warnings: list[str], path: Path, last_n: int,
-    verdicts: Sequence[str] = (),
-) -> None:
-    """A self-contained page beside the figures: they are linked by relative name. `verdicts`: the lines of a
-    `benchmark compare` written to the same folder, shown first."""
-    esc = html.escape
-    verdict = "".join(f"<li>{esc(line).replace('**', '')}</li>" for line in verdicts)
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers(metrics))
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row.cells()) + "</tr>" for row in rows)
-    images = "".join(
-        f'<figure><img src="{esc(f.name)}" alt="{esc(f.stem)}"><figcaption>{esc(f.stem)}</figcaption></figure>'
-        for f in figures
-    )
-    notes = "".join(f"<li>{esc(w)}</li>" for w in warnings)
-    path.write_text(
-        "<!doctype html>\n<html><head><meta charset='utf-8'><title>Benchmark report</title><style>"
-        "body{font-family:sans-serif;margin:2em;background:#fff;color:#222}"
-        "img{max-width:100%}table{border-collapse:collapse}"
-        "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#eef}"
-        "</style></head><body><h1>Benchmark report</h1>"
-        + (f'<h2>Verdict (<a href="compare.md">compare.md</a>)</h2><ul>{verdict}</ul>' if verdict else "")
-        + f"{images}<h2>Summary</h2><table><tr>{head}</tr>{body}</table><p>{esc(_footnote(last_n))}</p>"
-        + (f"<h2>Warnings</h2><ul>{notes}</ul>" if notes else "")
-        + "</body></html>\n"
-    )
 
 
 def print_table(rows: list[Row], metrics: Sequence[str], console: Console) -> None:
@@ -214,7 +196,7 @@ def print_table(rows: list[Row], metrics: Sequence[str], console: Console) -> No
     console.print(table)
 
 
-def _footnote(last_n: int) -> str:
+def footnote(last_n: int) -> str:
     return (
         f"Final values: each run's mean over its last {last_n} logged steps, then mean ± Student-t 95% "
         "CI over seeds. Runtime and samples/s: mean over runs (samples/s as logged in "

@@ -13,17 +13,18 @@ narrow (about 10% false alarms at a nominal 5%); Welch's test keeps them at the 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from scipy import stats
 
+from benchmark import workload
+
 Direction = Literal["higher", "lower", "two-sided"]
 RESAMPLES = 10_000
+DEFAULT_EPSILON = 0.1
 POWER = 0.8
 _MAX_SEEDS = 10_000  # beyond this, "more seeds" is no answer
 
@@ -35,6 +36,7 @@ class Comparison:
     metric: str
     direction: Direction
     verdict: str
+    epsilon: float  # the difference below which the sides count as equivalent, in the metric's units
     delta: float  # mean(candidate) - mean(baseline)
     ci: tuple[float, float]  # of delta, at 1 - alpha
     p_welch: float  # two-sided
@@ -106,23 +108,51 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def epsilons(specs: list[str], metrics: list[str]) -> dict[str, float]:
+    """Each metric's epsilon from `--epsilon` items: `METRIC=VALUE` for one metric, a bare `VALUE` for every
+    metric not named; else the workload's (workload.METRIC_EPSILONS), else DEFAULT_EPSILON. ValueError names a
+    bad item."""
+    named, every = {}, None
+    for spec in specs:
+        metric, eq, value = spec.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"--epsilon expects METRIC=VALUE or VALUE, got {spec!r}") from None
+        if number <= 0:
+            raise ValueError(f"--epsilon must be positive, got {spec!r}")
+        if eq:
+            named[metric] = number
+        else:
+            every = number
+    unknown = sorted(set(named) - set(metrics))
+    if unknown:
+        raise ValueError(f"--epsilon names {', '.join(unknown)}, not among the metrics compared ({', '.join(metrics)})")
+    return {m: named.get(m, every if every is not None else workload.METRIC_EPSILONS.get(m, DEFAULT_EPSILON))
+            for m in metrics}
+
+
 def compare(
     baselines: dict[str, np.ndarray],
     candidates: dict[str, np.ndarray],
     directions: dict[str, Direction],
-    epsilon: float,
+    epsilon: dict[str, float] | float,
     alpha: float = 0.05,
     seed: int = 0,
 ) -> list[Comparison]:
-    """A verdict per metric (the keys of `baselines`), Holm-corrected across them."""
+    """A verdict per metric (the keys of `baselines`), Holm-corrected across them; `epsilon` per metric or one
+    for all."""
     metrics = list(baselines)
+    if not isinstance(epsilon, dict):
+        epsilon = dict.fromkeys(metrics, epsilon)
     for metric in metrics:
         if len(baselines[metric]) < 2 or len(candidates[metric]) < 2:
             raise ValueError(f"{metric}: need at least 2 runs per side, got {len(baselines[metric])} baseline "
                              f"and {len(candidates[metric])} candidate")
     p_values = [_welch(baselines[m], candidates[m]) for m in metrics]
     return [
-        _one(metric, baselines[metric], candidates[metric], directions[metric], epsilon, alpha, p, p_holm, seed)
+        _one(metric, baselines[metric], candidates[metric], directions[metric], epsilon[metric], alpha, p, p_holm,
+             seed)
         for metric, p, p_holm in zip(metrics, p_values, holm(p_values), strict=True)
     ]
 
@@ -151,7 +181,8 @@ def _one(
         better, worse = (up, down) if direction == "higher" else (down, up)
         verdict = "better" if better else "worse" if worse else "equivalent" if same else "inconclusive"
     return Comparison(
-        metric=metric, direction=direction, verdict=verdict, delta=delta, ci=ci, p_welch=p_welch, p_holm=p_holm,
+        metric=metric, direction=direction, verdict=verdict, epsilon=epsilon, delta=delta, ci=ci, p_welch=p_welch,
+        p_holm=p_holm,
         prob_improvement=poi, prob_improvement_ci=poi_ci,
         seeds_needed=seeds_needed(baseline, candidate, epsilon, alpha) if verdict == "inconclusive" else None,
         n_baseline=len(baseline), n_candidate=len(candidate),
@@ -169,18 +200,5 @@ def verdict_line(result: Comparison) -> str:
             f"{result.prob_improvement:.2f} [{poi_low:.2f}, {poi_high:.2f}], Welch p = {result.p_welch:.3g} "
             f"(Holm {result.p_holm:.3g}), {result.n_baseline} vs {result.n_candidate} runs")
     if result.seeds_needed is not None:
-        line += f"; about {result.seeds_needed} seeds a side would detect a difference of ε"
+        line += f"; about {result.seeds_needed} seeds a side would detect a difference of ε = {result.epsilon:g}"
     return line
-
-
-def read_verdicts(folder: Path) -> list[str]:
-    """The verdict lines of the compare.json in `folder` (written by `benchmark compare`), if any."""
-    try:
-        metrics = json.loads((folder / "compare.json").read_text())["metrics"]
-    except (OSError, ValueError, KeyError):
-        return []
-    lines = []
-    for data in metrics:
-        data |= {key: tuple(data[key]) for key in ("ci", "prob_improvement_ci")}
-        lines.append(verdict_line(Comparison(**data)))
-    return lines

@@ -97,6 +97,10 @@ def test_training_logs_classic_metrics_to_wandb(run_ppo, small: list[str], wandb
         rollout = metrics["time/generate"] + metrics["time/reward"]
         assert 0 < metrics["time/ppo/total"] <= metrics["time/total"] - rollout < metrics["time/ppo/total"] + 0.05
         assert metrics["perf/samples_per_s"] == pytest.approx(16 / metrics["time/total"])
+    # The cumulative counters a report's samples and tokens x-axes read.
+    assert [m["counters/samples"] for m in returned] == [16, 32]
+    lengths = [m["tokens/responses_len_mean"] * 16 for m in returned]
+    assert [m["counters/tokens"] for m in returned] == pytest.approx([lengths[0], lengths[0] + lengths[1]])
 
 
 def test_classic_flags_run_or_are_refused_by_name() -> None:

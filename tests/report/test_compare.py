@@ -83,8 +83,18 @@ def test_compare_on_offline_runs_writes_its_verdict_and_gates(sweep: Sweep, tmp_
     assert kl["direction"] == "two-sided" and kl["verdict"] in ("unchanged", "inconclusive", "changed")
     assert set(reward) >= {"delta", "p_welch", "prob_improvement", "prob_improvement_ci", "seeds_needed"}
     text = (out / "compare.md").read_text()
-    assert f"**{REWARD}** (higher): **better**" in text and "![compare.png](compare.png)" in text
+    # GitHub shows no file beside a comment: without --asset-url the figure is named, not embedded.
+    assert f"**{REWARD}** (higher): **better**" in text and "](compare.png)" not in text
+    assert "`compare.png` beside this file" in text
     assert (out / "compare.png").exists() and (out / "compare.svg").exists()
+    # Per-metric epsilons reach the verdicts and the file.
+    assert reward["epsilon"] == 0.1 and kl["epsilon"] == 0.5
+    assert main([*common, "--baseline", base, "--candidate", cand, "--output-dir", str(tmp_path / "pr"),
+                 "--asset-url", "https://example.org/ci/42/", "--epsilon", "objective/kl=2", "--epsilon", "0.3"]) == 0
+    pr = json.loads((tmp_path / "pr" / "compare.json").read_text())["metrics"]
+    assert [m["epsilon"] for m in pr] == [0.3, 2.0]
+    assert "![compare.png](https://example.org/ci/42/compare.png)" in (tmp_path / "pr" / "compare.md").read_text()
+    assert main([*common, "--baseline", base, "--candidate", cand, "--epsilon", "nope=1"]) == 2
     # The mirror image fails the gate; a config filter selects the same runs as the variant name.
     assert main([*common, "--baseline", cand, "--candidate", f"exp_name={base}", "--output-dir",
                  str(tmp_path / "rev"), "--fail-on", "worse"]) == 1

@@ -115,7 +115,7 @@ def test_table_columns_follow_metrics(sweep: Sweep, tmp_path: Path) -> None:
     with contextlib.redirect_stdout(stdout):
         args = ["--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(tmp_path), "--last-n", str(LAST_N)]
         assert main([*args, "--metrics", *metrics]) == 0
-    header = (tmp_path / "summary.md").read_text().splitlines()[0]
+    header = next(line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("| variant"))
     assert header == ("| variant | seeds done/expected | final env/reward_std | final ppo/loss/total | runtime | "
                       "samples/s | GPU-hours | notes |")  # fmt: skip
     assert "final env/reward_std" in (tmp_path / "index.html").read_text()
@@ -145,8 +145,10 @@ def test_figures_exist_with_content(report_dir: Path) -> None:
     assert_real_image(report_dir / "curves.png")
     svg = (report_dir / "curves.svg").read_text()
     assert svg.startswith("<?xml") and "<path" in svg
+    # The page: plotly.js beside it, every variant named.
     html = (report_dir / "index.html").read_text()
-    assert 'src="curves.svg"' in html and "sentiment_tuning_peft" in html
+    assert '<script src="plotly.min.js">' in html and "sentiment_tuning_peft" in html
+    assert (report_dir / "plotly.min.js").stat().st_size > 1_000_000
 
 
 def test_presets_make_the_four_comparisons(sweep: Sweep, tmp_path: Path) -> None:

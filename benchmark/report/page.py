@@ -1,0 +1,468 @@
+"""The report's interactive page: each metric against each x-axis, drawn by plotly.js, offline.
+
+`write_page` writes `index.html`, with the data embedded as JSON, and plotly.js beside it. The page's own
+script only wires the controls (metrics, x-axis, log y, smoothing, seed lines, the shared legend, table
+sorting) and keeps their state in the URL hash, so that a link opens the same view.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import plotly.offline
+
+from benchmark.report.aggregate import Curve
+from benchmark.report.figures import thinned
+
+PLOTLY_JS = "plotly.min.js"
+# A panel is at most ~700 pixels wide at two per row: more points only cost page size and drawing time.
+_MAX_DRAWN = 1000
+# plotly's default colours, which are matplotlib's C0..C9: a variant has the same colour here and in the PNGs.
+_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf"]  # fmt: skip
+# Digits kept of each drawn number: finer than any panel shows, and the JSON is 40% smaller than with all 17.
+_DIGITS = 7
+
+
+@dataclass
+class Trace:
+    """One variant's curve of one metric against one x-axis: mean over seeds, its band, seeds present per x,
+    and each seed's own line."""
+
+    x: list[float]
+    mean: list[float]
+    low: list[float]
+    high: list[float]
+    n: list[int]
+    per_seed: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # seed label -> (x, y)
+
+
+@dataclass(kw_only=True)
+class PageData:
+    """Everything the page shows, computed by the report; the page only draws and arranges it."""
+
+    title: str  # the study's title, the page's <title> and <h1>
+    finding: str  # one line under the title; may be ""
+    verdicts: list[str]  # one line each, markdown **bold** allowed, shown at the top
+    metrics: list[str]  # panel order
+    x_axes: list[str]  # the first is the default
+    variants: list[str]  # display order; a variant keeps its colour in every panel
+    traces: dict[str, dict[str, dict[str, Trace]]]  # metric -> x-axis -> variant -> Trace (any level may lack keys)
+    band: str  # what the band is, e.g. "std over seeds"
+    ncols: int = 2  # panels per row (openrlbenchmark's --pc.ncols)
+    ncols_legend: int = 1  # columns of the shared legend (--pc.ncols-legend)
+    table_headers: list[str]
+    table_rows: list[list[str]]  # the summary table as displayed
+    table_sort_values: list[list[float | str | None]]  # per cell: what sorting by its column uses
+    provenance: list[tuple[str, str]]  # (label, text): commands, config differences, commit, machine, versions...
+    samples: dict[str, list[tuple[str, str, float]]]  # variant -> a few (query, response, reward)
+    images: list[tuple[str, str]]  # (file name beside the page, caption)
+    warnings: list[str]
+    footnote: str  # under the table
+
+
+def write_page(folder: Path, page: PageData) -> list[Path]:
+    """Write `folder`/index.html and plotly.js beside it; returns both paths."""
+    _check(page)
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / PLOTLY_JS
+    js = plotly.offline.get_plotlyjs().encode()
+    # 4.8 MB, the same for every report: left alone when unchanged, so a rerun does not touch it.
+    if not script.exists() or script.read_bytes() != js:
+        script.write_bytes(js)
+    index = folder / "index.html"
+    index.write_text(_html(page), encoding="utf-8")
+    return [index, script]
+
+
+def page_data_json(page: PageData) -> str:
+    """What the page's script reads: the thinned traces, the colours and the table's sort keys, as JSON that
+    is safe inside a <script> element (no `<` at all, so neither `</script>` nor `<!--` can occur)."""
+    traces = {
+        metric: {
+            axis: {variant: _trace_json(t) for variant, t in by_variant.items() if variant in page.variants}
+            for axis, by_variant in by_axis.items() if axis in page.x_axes
+        }
+        for metric, by_axis in page.traces.items() if metric in page.metrics
+    }  # fmt: skip
+    sort = [[None if isinstance(v, float) and not math.isfinite(v) else v for v in row]
+            for row in page.table_sort_values]  # fmt: skip
+    data = {"metrics": page.metrics, "x_axes": page.x_axes, "variants": page.variants, "colours": _COLOURS,
+            "traces": traces, "sort": sort}  # fmt: skip
+    return json.dumps(data, allow_nan=False, separators=(",", ":")).replace("<", "\\u003c")
+
+
+def _check(page: PageData) -> None:
+    if not page.x_axes:
+        raise ValueError("the page needs at least one x-axis")
+    if len(page.table_sort_values) != len(page.table_rows) or any(
+        len(keys) != len(row) for keys, row in zip(page.table_sort_values, page.table_rows, strict=True)
+    ):
+        raise ValueError("table_sort_values must have one value per cell of table_rows")
+    for name, _ in page.images:
+        path = PurePosixPath(name)
+        # Anything else could leave the page's folder, and the page promises to need nothing outside it.
+        if path.is_absolute() or ".." in path.parts or ":" in name:
+            raise ValueError(f"image {name!r}: give a path inside the page's folder")
+
+
+def _trace_json(t: Trace) -> dict[str, object]:
+    arrays = [np.asarray(a, dtype=float) for a in (t.x, t.mean, t.low, t.high, t.n)]
+    if len({len(a) for a in arrays}) != 1:
+        raise ValueError("a Trace's x, mean, low, high and n must have the same length")
+    c = thinned(Curve(*arrays), _MAX_DRAWN)
+    seeds = {}
+    for label, (x, y) in t.per_seed.items():
+        y = np.asarray(y, dtype=float)
+        # A seed's line is thinned as a curve whose band and count are the line itself (only x and mean are kept).
+        s = thinned(Curve(np.asarray(x, dtype=float), y, y, y, y), _MAX_DRAWN)
+        seeds[label] = [_numbers(s.x), _numbers(s.mean)]
+    # n: seeds present, a mean over the bin once thinned; two decimals say enough.
+    return {"x": _numbers(c.x), "mean": _numbers(c.mean), "low": _numbers(c.low), "high": _numbers(c.high),
+            "n": _numbers(c.n.round(2)), "seeds": seeds}  # fmt: skip
+
+
+def _numbers(values: np.ndarray) -> list[float | int | None]:
+    """JSON has no NaN: a missing point is null, which plotly draws as a gap. Whole numbers (steps, seed
+    counts) go without their ".0": a tenth of the JSON."""
+    out: list[float | int | None] = []
+    for v in values.tolist():
+        kept = float(f"{v:.{_DIGITS}g}") if math.isfinite(v) else None
+        out.append(int(kept) if kept is not None and kept.is_integer() and abs(kept) < 2**53 else kept)
+    return out
+
+
+def _bold(line: str) -> str:
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(line))
+
+
+def _html(page: PageData) -> str:
+    esc = html.escape
+    # The hash admits exactly this script: were some user text ever to slip through unescaped as a
+    # <script>, the browser would not run it. Nothing is fetched but files beside the page.
+    script_hash = base64.b64encode(hashlib.sha256(_SCRIPT.encode()).digest()).decode()
+    csp = (f"default-src 'none'; script-src 'self' file: 'sha256-{script_hash}'; style-src 'unsafe-inline'; "
+           "img-src 'self' file: data: blob:; base-uri 'none'; form-action 'none'")  # fmt: skip
+    colour = {v: _COLOURS[i % len(_COLOURS)] for i, v in enumerate(page.variants)}
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        # Else the browser asks the server for /favicon.ico, outside the page's folder.
+        '<link rel="icon" href="data:,">',
+        f"<title>{esc(page.title)}</title><style>{_STYLE}</style>",
+        f'<script src="{PLOTLY_JS}"></script></head><body>',
+        f"<h1>{esc(page.title)}</h1>",
+    ]
+    if page.finding:
+        parts.append(f'<p class="finding">{esc(page.finding)}</p>')
+    if page.verdicts:
+        parts.append('<ul class="verdicts">' + "".join(f"<li>{_bold(v)}</li>" for v in page.verdicts) + "</ul>")
+    parts += [_controls(page), _legend(page, colour),
+              f'<div id="panels" style="grid-template-columns:repeat({page.ncols},minmax(0,1fr))"></div>',
+              "<noscript>The plots need JavaScript; the table below does not.</noscript>"]  # fmt: skip
+    if page.images:
+        parts.append("<h2>Figures</h2>" + "".join(
+            f'<figure><img src="{esc(name)}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
+            for name, caption in page.images
+        ))  # fmt: skip
+    parts.append(_table(page))
+    if page.footnote:
+        parts.append(f'<p class="footnote">{esc(page.footnote)}</p>')
+    if page.samples:
+        parts.append("<h2>Sample generations</h2>")
+        for variant, rows in page.samples.items():
+            swatch = f'<span class="swatch" style="background:{colour[variant]}"></span>' if variant in colour else ""
+            body = "".join(f"<tr><td>{esc(q)}</td><td>{esc(r)}</td><td>{reward:.4g}</td></tr>" for q, r, reward in rows)
+            parts.append(f"<h3>{swatch}{esc(variant)}</h3><table class=\"samples\"><thead><tr><th>query</th>"
+                         f"<th>response</th><th>reward</th></tr></thead><tbody>{body}</tbody></table>")  # fmt: skip
+    if page.provenance:
+        items = "".join(f"<dt>{esc(label)}</dt><dd>{esc(text)}</dd>" for label, text in page.provenance)
+        parts.append(f'<h2>Provenance</h2><dl class="provenance">{items}</dl>')
+    if page.warnings:
+        parts.append('<h2>Warnings</h2><ul class="warnings">' + "".join(f"<li>{esc(w)}</li>" for w in page.warnings)
+                     + "</ul>")  # fmt: skip
+    parts += [f'<script type="application/json" id="page-data">{page_data_json(page)}</script>',
+              f"<script>{_SCRIPT}</script></body></html>\n"]  # fmt: skip
+    return "\n".join(parts)
+
+
+def _controls(page: PageData) -> str:
+    esc = html.escape
+    metrics = "".join(
+        f'<label><input type="checkbox" name="metric" value="{esc(m)}" checked> {esc(m)}</label>' for m in page.metrics
+    )
+    axes = "".join(f'<option value="{esc(a)}">{esc(a)}</option>' for a in page.x_axes)
+    return (
+        f'<div id="controls"><fieldset><legend>Metrics</legend>{metrics}</fieldset><fieldset><legend>View</legend>'
+        f'<label>x-axis <select id="x-axis">{axes}</select></label>'
+        '<label><input type="checkbox" id="log-y"> log-scale y</label>'
+        '<label>smoothing <input type="number" id="smooth" min="1" max="1000" step="1" value="1"> points</label>'
+        '<label><input type="checkbox" id="seeds"> each seed\'s line</label>'
+        '<a id="permalink" href="#">link to this view</a></fieldset></div>'
+    )
+
+
+def _legend(page: PageData, colour: dict[str, str]) -> str:
+    esc = html.escape
+    entries = "".join(
+        f'<button type="button" data-variant="{esc(v)}" aria-pressed="true">'
+        f'<span class="swatch" style="background:{colour[v]}"></span>{esc(v)}</button>'
+        for v in page.variants
+    )
+    return (
+        f'<div id="legend" style="grid-template-columns:repeat({page.ncols_legend},max-content)">{entries}</div>'
+        f'<p class="band">Line: mean over seeds; band: {esc(page.band)}. '
+        "Click a variant to hide or show it in every panel.</p>"
+    )
+
+
+def _table(page: PageData) -> str:
+    esc = html.escape
+    head = "".join(f'<th><button type="button">{esc(h)}</button></th>' for h in page.table_headers)
+    body = "".join(
+        f'<tr data-row="{i}">' + "".join(f"<td>{esc(cell)}</td>" for cell in row) + "</tr>"
+        for i, row in enumerate(page.table_rows)
+    )
+    return f'<h2>Summary</h2><table id="summary"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+_STYLE = (
+    "body{font-family:sans-serif;margin:1.5em;background:#fff;color:#222}"
+    "#controls{display:flex;flex-wrap:wrap;gap:.5em}fieldset{border:1px solid #ccc}"
+    "fieldset label{margin-right:1em;white-space:nowrap}"
+    "#legend{display:grid;gap:.2em 1.2em;margin:.8em 0 .2em}"
+    "#legend button{border:0;background:none;text-align:left;cursor:pointer;font:inherit;padding:2px}"
+    "#legend button[aria-pressed=false]{opacity:.4;text-decoration:line-through}"
+    ".swatch{display:inline-block;width:1.6em;height:.5em;margin-right:.4em;vertical-align:middle}"
+    ".band{font-size:small;color:#555;margin-top:0}"
+    "#panels{display:grid;gap:.5em}#panels>div{height:340px;min-width:0}"
+    "figure{margin:1em 0}img{max-width:100%}"
+    "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left;"
+    "vertical-align:top}th{background:#eef}th button{border:0;background:none;font:inherit;font-weight:bold;"
+    "cursor:pointer;padding:0}th[aria-sort=ascending] button::after{content:' \\25B2'}"
+    "th[aria-sort=descending] button::after{content:' \\25BC'}"
+    ".samples td{white-space:pre-wrap;max-width:40em}.provenance dd{white-space:pre-wrap;font-family:monospace;"
+    "margin:0 0 .6em 1.5em}.footnote{font-size:small;color:#555}"
+)
+
+# The page's only code: plotly draws; this builds its traces from the embedded data and wires the controls.
+_SCRIPT = r"""
+"use strict";
+const data = JSON.parse(document.getElementById("page-data").textContent);
+const grid = document.getElementById("panels");
+const metricBoxes = [...document.querySelectorAll("input[name=metric]")];
+const xSelect = document.getElementById("x-axis");
+const logBox = document.getElementById("log-y");
+const smoothInput = document.getElementById("smooth");
+const seedsBox = document.getElementById("seeds");
+const legend = [...document.querySelectorAll("#legend button")];
+const permalink = document.getElementById("permalink");
+// No plotly logo link, no "Share chart" upload button, no MathJax: the page stays offline.
+const config = {responsive: true, displaylogo: false, showSendToCloud: false, typesetMath: false};
+const panels = new Map();  // metric -> its plot's div, while shown
+let state;
+
+// plotly reads a few HTML tags in its texts: user text is escaped so that it shows as written.
+const esc = (s) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+const smoothing = (s) => Math.min(Math.max(parseInt(s, 10) || 1, 1), 1000);
+
+function readHash() {
+  const q = new URLSearchParams(location.hash.slice(1));
+  // A list is the key repeated, or one value split at commas (where that is not itself a name).
+  const pick = (key, names) => {
+    const asked = q.getAll(key).flatMap((v) => (names.includes(v) ? [v] : v.split(",")));
+    return names.filter((name) => asked.includes(name));
+  };
+  const metrics = pick("metrics", data.metrics);
+  return {
+    x: data.x_axes.includes(q.get("x")) ? q.get("x") : data.x_axes[0],
+    metrics: metrics.length ? metrics : data.metrics,
+    log: q.get("log") === "1",
+    smooth: smoothing(q.get("smooth")),
+    seeds: q.get("seeds") === "1",
+    hide: pick("hide", data.variants),
+  };
+}
+
+function hashOf(s) {
+  const q = new URLSearchParams({x: s.x});
+  if (s.metrics.length < data.metrics.length) s.metrics.forEach((m) => q.append("metrics", m));
+  q.set("log", s.log ? "1" : "0");
+  q.set("smooth", s.smooth);
+  q.set("seeds", s.seeds ? "1" : "0");
+  s.hide.forEach((v) => q.append("hide", v));
+  return "#" + q.toString();
+}
+
+function fromControls() {
+  return {
+    x: xSelect.value,
+    metrics: metricBoxes.filter((box) => box.checked).map((box) => box.value),
+    log: logBox.checked,
+    smooth: smoothing(smoothInput.value),
+    seeds: seedsBox.checked,
+    hide: legend.filter((b) => b.getAttribute("aria-pressed") === "false").map((b) => b.dataset.variant),
+  };
+}
+
+function apply(s) {
+  state = s;
+  xSelect.value = s.x;
+  metricBoxes.forEach((box) => { box.checked = s.metrics.includes(box.value); });
+  logBox.checked = s.log;
+  smoothInput.value = s.smooth;
+  seedsBox.checked = s.seeds;
+  legend.forEach((b) => b.setAttribute("aria-pressed", String(!s.hide.includes(b.dataset.variant))));
+  permalink.setAttribute("href", hashOf(s));
+  render();
+}
+
+// Rolling mean over the last n drawn points, skipping gaps in the window; a gap stays a gap.
+function smooth(ys) {
+  const n = state.smooth;
+  if (n <= 1) return ys;
+  const out = new Array(ys.length);
+  let sum = 0, count = 0;
+  for (let i = 0; i < ys.length; i++) {
+    if (ys[i] !== null) { sum += ys[i]; count++; }
+    if (i >= n && ys[i - n] !== null) { sum -= ys[i - n]; count--; }
+    out[i] = ys[i] === null ? null : sum / count;
+  }
+  return out;
+}
+
+function faded(hex) {
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
+  return `rgba(${r},${g},${b},0.2)`;
+}
+
+// The band as one closed outline per stretch where it exists, stretches apart by a null: plotly fills each
+// on its own, so a gap stays a gap (filling between a low and a high line would bridge it).
+function bandShape(x, low, high) {
+  const shape = {x: [], y: []};
+  let start = null;
+  for (let i = 0; i <= x.length; i++) {
+    const present = i < x.length && low[i] !== null && high[i] !== null;
+    if (present && start === null) start = i;
+    if (!present && start !== null) {
+      for (let j = start; j < i; j++) { shape.x.push(x[j]); shape.y.push(high[j]); }
+      for (let j = i - 1; j >= start; j--) { shape.x.push(x[j]); shape.y.push(low[j]); }
+      shape.x.push(null);
+      shape.y.push(null);
+      start = null;
+    }
+  }
+  return shape;
+}
+
+function tracesOf(byVariant) {
+  const out = [];
+  data.variants.forEach((variant, i) => {
+    const t = byVariant[variant];
+    if (!t || state.hide.includes(variant)) return;
+    const colour = data.colours[i % data.colours.length];
+    const name = esc(variant);
+    const low = smooth(t.low), high = smooth(t.high);
+    const band = bandShape(t.x, low, high);
+    const banded = band.x.length > 0;
+    if (banded) {
+      out.push({...band, mode: "none", fill: "toself", fillcolor: faded(colour), hoverinfo: "skip", name});
+    }
+    if (state.seeds) {
+      for (const [label, [x, y]] of Object.entries(t.seeds)) {
+        out.push({x, y: smooth(y), mode: "lines", line: {width: 0.8, color: colour}, opacity: 0.5,
+                  name: `${name} ${esc(label)}`, hovertemplate: "%{y:.4~g}"});
+      }
+    }
+    out.push({
+      x: t.x, y: smooth(t.mean), mode: "lines", line: {width: 1.8, color: colour}, name,
+      customdata: t.x.map((_, j) => [low[j], high[j], t.n[j]]),
+      hovertemplate: "%{y:.4~g}" + (banded ? " (band %{customdata[0]:.4~g} to %{customdata[1]:.4~g})" : "")
+        + ", seeds %{customdata[2]}",
+    });
+  });
+  return out;
+}
+
+function layoutOf(metric, logged) {
+  const note = {text: `not logged against ${esc(state.x)}`, showarrow: false, xref: "paper", yref: "paper", x: 0.5,
+                y: 0.5};
+  return {
+    title: {text: esc(metric), font: {size: 14}},
+    xaxis: {title: {text: esc(state.x)}, automargin: true, visible: logged},
+    yaxis: {type: state.log ? "log" : "linear", automargin: true, visible: logged},
+    margin: {l: 50, r: 10, t: 36, b: 40},
+    showlegend: false,
+    hovermode: "x unified",
+    hoverlabel: {namelength: -1},
+    annotations: logged ? [] : [note],
+    // Zoom survives toggling seeds, smoothing or variants; a new x-axis or y scale starts unzoomed.
+    uirevision: `${state.x}|${state.log}`,
+  };
+}
+
+function render() {
+  for (const [metric, div] of panels) {
+    if (!state.metrics.includes(metric)) {
+      Plotly.purge(div);
+      div.remove();
+      panels.delete(metric);
+    }
+  }
+  for (const metric of state.metrics) {
+    if (!panels.has(metric)) panels.set(metric, document.createElement("div"));
+    const div = panels.get(metric);
+    grid.appendChild(div);  // in panel order, whichever were shown before
+    const byVariant = (data.traces[metric] || {})[state.x] || {};
+    Plotly.react(div, tracesOf(byVariant), layoutOf(metric, Object.keys(byVariant).length > 0), config);
+  }
+}
+
+function changed() {
+  apply(fromControls());
+  // replace, not push: the back button leaves the page rather than stepping through every click.
+  location.replace(hashOf(state));
+}
+
+[...metricBoxes, xSelect, logBox, smoothInput, seedsBox].forEach((c) => c.addEventListener("change", changed));
+legend.forEach((b) => b.addEventListener("click", () => {
+  b.setAttribute("aria-pressed", String(b.getAttribute("aria-pressed") === "false"));
+  changed();
+}));
+window.addEventListener("hashchange", () => {
+  const s = readHash();
+  if (hashOf(s) !== hashOf(state)) apply(s);
+});
+
+const table = document.getElementById("summary");
+let sortedBy = {column: -1, direction: 1};
+[...table.tHead.rows[0].cells].forEach((th, column) => th.addEventListener("click", () => {
+  const direction = sortedBy.column === column ? -sortedBy.direction : 1;
+  sortedBy = {column, direction};
+  const key = (row) => data.sort[row.dataset.row][column];
+  const rows = [...table.tBodies[0].rows].sort((a, b) => {
+    const ka = key(a), kb = key(b);
+    // Missing values last, whichever the direction; numbers before text.
+    if (ka === null || kb === null) return (ka === null) - (kb === null);
+    const order = typeof ka === typeof kb
+      ? (typeof ka === "number" ? ka - kb : String(ka).localeCompare(String(kb)))
+      : (typeof ka === "number" ? -1 : 1);
+    return direction * order || a.dataset.row - b.dataset.row;
+  });
+  table.tBodies[0].append(...rows);
+  [...table.tHead.rows[0].cells].forEach((cell) => cell.removeAttribute("aria-sort"));
+  th.setAttribute("aria-sort", direction > 0 ? "ascending" : "descending");
+}));
+
+apply(readHash());
+"""

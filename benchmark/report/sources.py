@@ -1,0 +1,109 @@
+"""Where runs come from, for `benchmark report` and `benchmark compare` alike: offline W&B folders, TensorBoard
+event files, the W&B cloud, a harness run dir, and earlier reports' results.parquet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from benchmark.manifest import Manifest
+from benchmark.report import cloud, offline, rundir, tensorboard
+from benchmark.report.results import Results
+from benchmark.report.runs import Filters, Found
+
+Repeatable = tyro.conf.UseAppendAction
+
+
+@dataclass
+class Sources:
+    """Where runs come from; `benchmark report` and `benchmark compare` read the same."""
+
+    wandb_dir: Annotated[list[Path], Repeatable] = field(default_factory=list)
+    """a folder holding wandb's offline-run-*/run-* folders, or one such folder"""
+    tensorboard_dir: Annotated[list[Path], Repeatable] = field(default_factory=list)
+    """a folder of TensorBoard runs (folders of event files), searched recursively"""
+    run_name_pattern: str | None = None
+    """regex the whole name of a TensorBoard run's folder must match, with groups (?P<variant>...) and (?P<seed>...);
+    unset or unmatched: trl_ppo's <variant>__<seed>__<time>"""
+    from_results: Annotated[list[str], Repeatable, tyro.conf.arg(name="from")] = field(default_factory=list)
+    """an earlier report's results.parquet, as [LABEL=]PATH (repeatable): its runs again, with no W&B at all; with
+    a LABEL its variants are named 'VARIANT (LABEL)', so two sources' same variant stay apart"""
+    entity: str | None = None
+    """W&B entity of the cloud runs (with --project)"""
+    project: str | None = None
+    """W&B project of the cloud runs (with --entity)"""
+    run_dir: Path | None = None
+    """a harness run dir: its variants and expected seeds, and where each job's W&B run is"""
+    refresh: bool = False
+    """refetch cloud runs even when cached"""
+    cache_dir: Path = field(default_factory=cloud.default_cache_dir)
+    """where fetched cloud runs are cached"""
+
+    def problem(self) -> str | None:
+        """What is wrong with the sources given, for an error message; None when they can be read."""
+        if not (self.wandb_dir or self.tensorboard_dir or self.from_results or self.project or self.run_dir):
+            return "name a source: --wandb-dir, --tensorboard-dir, --from, --entity/--project or --run-dir"
+        if self.project and not self.entity:
+            return "--project needs --entity"
+        if self.run_name_pattern is not None:
+            try:
+                tensorboard.run_name_pattern(self.run_name_pattern)
+            except ValueError as error:
+                return f"--run-name-pattern {error}"
+        for item in self.from_results:
+            path = Path(item.partition("=")[2] if "=" in item and not Path(item).exists() else item)
+            if not path.is_file():
+                return f"--from {item}: no such file (a results.parquet that `benchmark report` wrote)"
+        return None
+
+    def local(self) -> bool:
+        """Whether any source is on this machine (not only the W&B cloud)."""
+        return bool(self.wandb_dir or self.tensorboard_dir or self.from_results or self.run_dir)
+
+
+def gather(args: Sources, filters: Filters) -> Found:
+    """Every run the sources hold (cloud runs narrowed by `filters` already), matched to the run
+    dir's jobs when one is given. A progress bar on stderr while they are read."""
+    found = Found()
+    manifest = Manifest.load(args.run_dir) if args.run_dir else None
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as progress:
+        if manifest and not (args.wandb_dir or args.project):
+            # Only the sweep's own runs are decoded from the folders its jobs wrote to.
+            files = rundir.run_files(manifest)
+        else:
+            files = []
+            for directory in args.wandb_dir:
+                here = offline.find_run_files(directory)
+                if not here:
+                    found.warnings.append(f"{directory}: no offline-run-*/run-* folders with a .wandb file")
+                files += here
+        if files:
+            task = progress.add_task("reading W&B runs", total=len(files))
+            offline.read_runs(files, found, lambda: progress.advance(task))
+        for directory in args.tensorboard_dir:
+            progress.add_task(f"reading TensorBoard runs in {directory}", total=None)
+            tensorboard.read_runs(directory, found, args.run_name_pattern)
+        for item in args.from_results:
+            label, path = _labelled(item)
+            found.add(Results.read(path).to_runs(label, str(path)))
+        if args.project and args.entity:
+            progress.add_task(f"fetching {args.entity}/{args.project} from W&B", total=None)
+            found.add(cloud.fetch_runs(args.entity, args.project, filters, args.cache_dir, args.refresh))
+    if manifest:
+        found.plan = manifest.plan
+        found.runs, found.expected_seeds = rundir.match_jobs(manifest, found.runs)
+    return found
+
+
+def _labelled(item: str) -> tuple[str | None, Path]:
+    """`LABEL=PATH` or `PATH` (a path holding `=` is taken whole when it exists)."""
+    label, eq, path = item.partition("=")
+    if eq and label and not Path(item).exists():
+        return label, Path(path)
+    return None, Path(item)
