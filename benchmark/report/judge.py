@@ -59,8 +59,8 @@ def judge(
         findings.verdicts[candidate] = compare({m: finals[m][base] for m in usable},
                                                {m: finals[m][candidate] for m in usable}, directions,
                                                {m: eps[m] for m in usable}, alpha)
-    if len(variants) == 1 and metrics:
-        findings.trends = [_trend(variants[0], metrics[0], table.series(metrics[0]).get(variants[0], []), last_n)]
+    if len(variants) == 1:
+        findings.trends = [_trend(variants[0], m, table.series(m).get(variants[0], []), last_n) for m in metrics]
     return findings
 
 
