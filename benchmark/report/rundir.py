@@ -97,7 +97,9 @@ def _by_group_and_seed(job: JobRecord, runs: list[Run]) -> Run | None:
     candidates = [
         run
         for run in runs
-        if run.group == job.variant and value_matches(config_value(run.config, workload.SEED_KEY), seed)
+        # A TensorBoard run knows its seed from its folder's name, not from a config.
+        if run.group == job.variant and (run.seed == job.seed
+                                         or value_matches(config_value(run.config, workload.SEED_KEY), seed))
     ]
     return candidates[-1] if candidates else None
 

@@ -44,7 +44,8 @@ class Run:
     user: str = ""  # the W&B user who logged it: known for cloud runs only (offline files do not say)
     gpu_count: int | None = None
     source: str = ""  # a file or URL, to name the run in warnings
-    # Set by the run-dir source: the harness, not W&B, knows which variant and seed a job was.
+    # Set by the run-dir source (the harness, not W&B, knows which variant and seed a job was) and by the
+    # TensorBoard source (from the run folder's name).
     variant: str | None = None
     seed: int | None = None
     # Where and how it ran, as W&B recorded it: host, os, python, cpu, gpu, cuda, started, commit, command,
