@@ -73,20 +73,38 @@ def align(runs: list[Series]) -> tuple[np.ndarray, np.ndarray]:
     Where a run did not log an x of the grid, it is interpolated between its neighbours only if they
     are at most about one logging interval apart; across a longer gap, or outside its range, NaN.
     """
+    if _same_x(runs):  # every run logged the same x (steps, samples): the grid is theirs, nothing to interpolate
+        return np.unique(runs[0].x), np.array([s.y for s in runs], dtype=float)
     grid = np.unique(np.concatenate([s.x for s in runs]))
     values = np.full((len(runs), len(grid)), np.nan)
     for i, s in enumerate(runs):
         row = np.interp(grid, s.x, s.y, left=np.nan, right=np.nan)
         if len(s.x) > 1:
-            right = np.clip(np.searchsorted(s.x, grid), 1, len(s.x) - 1)
+            at = np.searchsorted(s.x, grid)
+            right = np.clip(at, 1, len(s.x) - 1)
             gap = s.x[right] - s.x[right - 1]
-            logged = np.isin(grid, s.x)
+            logged = s.x[np.minimum(at, len(s.x) - 1)] == grid  # np.isin(grid, s.x), s.x being sorted
             interval = np.median(np.diff(s.x))
             row[~logged & (gap > _GAP_TOLERANCE * interval)] = np.nan
         else:
             row[grid != s.x[0]] = np.nan
         values[i] = row
     return grid, values
+
+
+def _same_x(runs: list[Series]) -> bool:
+    """Whether every run has the first one's x, increasing, bit for bit, and a y for each: `align` then gives
+    each run's y as its row (np.interp returns y itself at each x of its own), and the union grid is that x."""
+    first = runs[0].x if runs else np.zeros(0)
+    return (
+        len(first) > 0
+        and bool(np.all(first[1:] > first[:-1]))
+        and all(
+            s.x.dtype == first.dtype and s.x.shape == first.shape and len(s.y) == len(s.x)
+            and s.x.tobytes() == first.tobytes()
+            for s in runs
+        )
+    )
 
 
 def curve(runs: list[Series], band: Band = "std", limits: tuple[float | None, float | None] = (None, None)) -> Curve:

@@ -46,7 +46,8 @@ from benchmark.report.sources import Repeatable, Sources, gather
 
 @dataclass
 class ReportArgs(Sources):
-    """Seed-aggregated learning curves and a summary table from W&B runs (cloud or offline)."""
+    """A page that says what the runs found: seed-aggregated curves, verdicts against the baseline, a table and
+    the tidy results.parquet, from W&B (cloud or offline), TensorBoard or earlier results."""
 
     tags: list[str] = field(default_factory=list)
     """keep runs that carry all these tags"""
@@ -155,10 +156,11 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
 
     warnings = list(found.warnings)
     groups, comparisons = _variants(runs, args, labels, selected, warnings)
-    expected = {labels.get(v, v): seeds for v, seeds in (found.expected_seeds or {}).items()}
+    expected = _expected_by_label(found.expected_seeds or {}, groups, labels)
     table = Results.of(groups, [*args.metrics, workload.SAMPLES_PER_S, args.x_axis])
     used = table.only(table.runs["run"][args.include_crashed | ~table.runs["state"].isin(BROKEN_STATES)])
-    drawn = [v for v in groups if v in set(used.points["variant"])]
+    with_data = set(used.points["variant"].unique())
+    drawn = [v for v in groups if v in with_data]
     try:
         findings = judge(used, drawn, args.baseline, args.metrics, args.epsilon, args.last_n) if drawn else None
     except ValueError as error:
@@ -232,6 +234,24 @@ def _variants(
     return groups, [("curves", list(groups))]
 
 
+def _expected_by_label(
+    expected: dict[str, list[int]], groups: dict[str, list[Run]], labels: dict[str, str]
+) -> dict[str, list[int]]:
+    """The run dir's expected seeds under the names the variants are shown by: a preset names a sweep's variant
+    after what it compares (its model, its accumulation), and that name, not the sweep's, is its row."""
+    shown: dict[str, set[str]] = {}
+    for label, runs in groups.items():
+        for run in runs:
+            if run.variant is not None:
+                shown.setdefault(run.variant, set()).add(label)
+    by_label: dict[str, list[int]] = {}
+    for variant, seeds in expected.items():
+        names = shown.get(variant, {labels.get(variant, variant)})
+        for name in names if len(names) == 1 else {labels.get(variant, variant)}:
+            by_label[name] = sorted({*by_label.get(name, []), *seeds})
+    return by_label
+
+
 def _unknown_metrics(metrics: list[str], runs: list[Run]) -> str | None:
     """A metric no run logged, with the logged names closest to it; None when every one was logged somewhere
     (or nothing was logged yet: a sweep just started has a table and no curves)."""
@@ -252,6 +272,8 @@ def _curves(
     """curves[metric][variant] against `x_axis` for every metric some run logged; names the runs lacking one."""
     curves: dict[str, dict[str, Curve]] = {}
     names = dict(zip(table.runs["run"], table.runs["name"], strict=True))
+    # A job with no data yet is a table entry, not a run "missing a metric".
+    logged = set(table.points["run"].unique()) if warnings is not None else set()
     for metric in args.metrics:
         found = table.series(metric, x_axis, args.smooth)
         for variant in variants:
@@ -260,8 +282,6 @@ def _curves(
                 curves.setdefault(metric, {})[variant] = curve(found[variant], args.band, limits)
         if warnings is not None:
             have = {s.run for group in found.values() for s in group}
-            # A job with no data yet is a table entry, not a run "missing a metric".
-            logged = set(table.points["run"])
             of_variants = table.runs[table.runs["variant"].isin(variants)]
             lacking = [names[r] for r in dict.fromkeys(of_variants["run"]) if r in logged and r not in have]
             if lacking:

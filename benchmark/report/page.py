@@ -132,16 +132,54 @@ def _trace_json(t: Trace) -> dict[str, object]:
 
 def _numbers(values: np.ndarray) -> list[float | int | None]:
     """JSON has no NaN: a missing point is null, which plotly draws as a gap. Whole numbers (steps, seed
-    counts) go without their ".0": a tenth of the JSON."""
-    out: list[float | int | None] = []
-    for v in values.tolist():
-        kept = float(f"{v:.{_DIGITS}g}") if math.isfinite(v) else None
-        out.append(int(kept) if kept is not None and kept.is_integer() and abs(kept) < 2**53 else kept)
+    counts) go without their ".0": a tenth of the JSON. Each number is `float(f"{v:.7g}")`, computed for whole
+    arrays (a page of 400 runs holds millions of numbers; see `_rounded`)."""
+    v = np.asarray(values, dtype=float)
+    kept = _rounded(v)
+    finite = np.isfinite(kept)
+    whole = finite & (kept == np.floor(kept)) & (np.abs(kept) < 2**53)
+    out = kept.astype(object)
+    out[whole] = kept[whole].astype(np.int64).tolist()
+    out[~finite] = None
+    return out.tolist()
+
+
+# 10**k, exactly, for the k whose power of ten a double holds exactly.
+_POWERS = np.array([float(10**k) for k in range(23)])
+
+
+def _rounded(v: np.ndarray) -> np.ndarray:
+    """`float(f"{x:.7g}")` of each x (_DIGITS significant digits, correctly rounded), without formatting each.
+
+    With e the decimal exponent of x, m = rint(x * 10**(6 - e)) is the 7-digit mantissa, and m / 10**(6 - e) is
+    then the double nearest to the decimal m x 10**(e - 6), as float() parses it: IEEE division (or product) of
+    two exact doubles is correctly rounded. Only the scaling is inexact (an ulp of a number below 10**7), so
+    where it leaves m in doubt (x * 10**(6 - e) about half-way between integers or not quite 7 digits long, or
+    10**|6 - e| not exact: x beyond about 10**+-16) the number is formatted after all."""
+    out = v.copy()  # zeros, infinities and NaN stay as they are (-0.0 formats as "-0", and that parses to -0.0)
+    nonzero = np.isfinite(v) & (v != 0)
+    with np.errstate(all="ignore"):  # the entries left out (zeros, NaN, inf) may overflow or be NaN here
+        shift = np.where(nonzero, (_DIGITS - 1) - np.floor(np.log10(np.abs(v))), 0).astype(np.int64)
+        usable = nonzero & (np.abs(shift) < len(_POWERS))
+        power = _POWERS[np.minimum(np.abs(shift), len(_POWERS) - 1)]
+        up = shift >= 0
+        scaled = np.where(up, v * power, v / power)
+        mantissa = np.rint(scaled)
+        size = np.abs(scaled)
+        doubt = (np.abs(size - np.trunc(size) - 0.5) < 1e-4) | (size < 10 ** (_DIGITS - 1) + 1) | (
+            size >= 10**_DIGITS - 1
+        )
+        fast = usable & ~doubt
+        out[fast] = np.where(up, mantissa / power, mantissa * power)[fast]
+    for i in np.flatnonzero(nonzero & ~fast):
+        out[i] = float(f"{v[i]:.{_DIGITS}g}")
     return out
 
 
-def _bold(line: str) -> str:
-    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(line))
+def _inline_markdown(line: str) -> str:
+    """A line with markdown's **bold** and `code`, as HTML; everything else escaped."""
+    bold = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(line))
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", bold)
 
 
 def _html(page: PageData) -> str:
@@ -166,7 +204,8 @@ def _html(page: PageData) -> str:
     if page.finding:
         parts.append(f'<p class="finding">{esc(page.finding)}</p>')
     if page.verdicts:
-        parts.append('<ul class="verdicts">' + "".join(f"<li>{_bold(v)}</li>" for v in page.verdicts) + "</ul>")
+        items = "".join(f"<li>{_inline_markdown(v)}</li>" for v in page.verdicts)
+        parts.append(f'<ul class="verdicts">{items}</ul>')
     parts += [_controls(page), _legend(page, colour),
               f'<div id="panels" style="grid-template-columns:repeat({page.ncols},minmax(0,1fr))"></div>',
               "<noscript>The plots need JavaScript; the table below does not.</noscript>"]  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from benchmark.report.runs import Run, config_value, exp_name
@@ -43,6 +44,11 @@ class Setup:
         )
 
 
+def model_label(model: str) -> str:
+    """A model as a variant's name: a hub name as it is (`lvwerra/gpt2-imdb`), a local folder by its own name."""
+    return Path(model).name if model.count("/") > 1 or model.startswith((".", "/")) else model
+
+
 def preset_selection(preset: Preset, runs: list[Run]) -> tuple[list[Run], Callable[[Run], str]]:
     """The runs a preset compares, in display order, and the label of each one's variant."""
     if not runs:
@@ -54,7 +60,7 @@ def preset_selection(preset: Preset, runs: list[Run]) -> tuple[list[Run], Callab
         return s.model == base and s.grad_accum == 1 and not s.peft
 
     rules: dict[Preset, tuple[Callable[[Setup], bool], Callable[[Setup], str], Callable[[Setup], tuple]]] = {
-        "baseline": (plain, lambda s: s.model, lambda s: ()),
+        "baseline": (plain, lambda s: model_label(s.model), lambda s: ()),
         "grad-accum": (
             lambda s: s.model == base and not s.peft,
             lambda s: f"grad accum {s.grad_accum}",
@@ -62,7 +68,7 @@ def preset_selection(preset: Preset, runs: list[Run]) -> tuple[list[Run], Callab
         ),
         "model-size": (
             lambda s: not s.peft and (s.model != base or s.grad_accum == 1),
-            lambda s: s.model + (f", grad accum {s.grad_accum}" if s.grad_accum != 1 else ""),
+            lambda s: model_label(s.model) + (f", grad accum {s.grad_accum}" if s.grad_accum != 1 else ""),
             lambda s: (not plain(s),),
         ),
         "peft": (

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,11 @@ _RUN_FIELDS = ("run", "variant", "seed", "state", "name", "group", "tags", "proj
 class Results:
     points: pd.DataFrame
     runs: pd.DataFrame
+    # series() by its arguments, with the points they were read from: a report asks for the same ones again and
+    # again (figures, comparisons, page, verdicts, table). The tables are not to be changed in place.
+    _series: dict[tuple[str, str, int], tuple[pd.DataFrame, dict[str, list[Series]]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, groups: dict[str, list[Run]], metrics: Iterable[str]) -> Results:
@@ -63,17 +68,35 @@ class Results:
 
     def series(self, metric: str, x_axis: str = "_step", smooth: int = 1) -> dict[str, list[Series]]:
         """Each variant's runs' `metric` against `x_axis` (a step, or another metric logged at the same steps)."""
+        points, found = self._series.get((metric, x_axis, smooth), (None, {}))
+        if points is not self.points:
+            found = self._series_of(metric, x_axis, smooth)
+            self._series[metric, x_axis, smooth] = (self.points, found)
+        return {variant: list(group) for variant, group in found.items()}
+
+    def _series_of(self, metric: str, x_axis: str, smooth: int) -> dict[str, list[Series]]:
         chosen = self.points[self.points["metric"] == metric]
         if x_axis != "_step":
             x = self.points[self.points["metric"] == x_axis][["run", "step", "value"]].rename(columns={"value": "x"})
             chosen = chosen.merge(x, on=["run", "step"], how="inner")
         else:
             chosen = chosen.assign(x=chosen["step"].astype(float))
+        # As chosen.groupby(["variant", "run"], observed=True, sort=False), without a DataFrame per run: each
+        # (variant, run) in the order it first occurs, its rows in their order; rows lacking either are left out.
+        variants, variant_names = pd.factorize(chosen["variant"])
+        runs, run_names = pd.factorize(chosen["run"])
+        keyed = (variants >= 0) & (runs >= 0)
+        pairs, _ = pd.factorize(variants[keyed].astype(np.int64) * len(run_names) + runs[keyed])
+        counts = np.bincount(pairs)
+        ends = np.cumsum(counts)
+        rows = np.flatnonzero(keyed)[np.argsort(pairs, kind="stable")]  # chosen's rows, group after group
+        xs, ys = chosen["x"].to_numpy(dtype=float)[rows], chosen["value"].to_numpy(dtype=float)[rows]
         found: dict[str, list[Series]] = {}
-        for (variant, run), frame in chosen.groupby(["variant", "run"], observed=True, sort=False):
-            s = clean_series(str(run), frame["x"].to_numpy(dtype=float), frame["value"].to_numpy(dtype=float), smooth)
+        for start, end in zip(ends - counts, ends, strict=True):
+            row = rows[start]
+            s = clean_series(str(run_names[runs[row]]), xs[start:end], ys[start:end], smooth)
             if s is not None:
-                found.setdefault(str(variant), []).append(s)
+                found.setdefault(str(variant_names[variants[row]]), []).append(s)
         return found
 
     def finals(self, metric: str, last_n: int) -> dict[str, np.ndarray]:

@@ -28,9 +28,13 @@ def test_grad_accum_study_in_miniature(assets: Path, tmp_path: Path) -> None:
     then = followup(run)  # the report
     assert then and then["state"] == "COMPLETED"
     summary = (out / "summary.md").read_text()
-    for variant in ("ppo", "ppo_step_grad_accu"):  # 16 x 1 and 1 x 16
+    # One name per variant everywhere: the preset's, for the sweep's ppo (16 x 1) and ppo_step_grad_accu (1 x 16).
+    for variant in ("grad accum 1", "grad accum 16"):
         assert f"| {variant} | 2 / 2 |" in summary, summary
-    assert (out / "index.html").exists() and list(out.glob("*.png"))
+    assert "missing seeds" not in summary and "| ppo |" not in summary
+    # The verdict, computed by the report itself, and the page with plotly beside it.
+    assert "`grad accum 16` against `grad accum 1`: **env/reward_mean**" in summary
+    assert (out / "index.html").exists() and (out / "plotly.min.js").exists() and list(out.glob("*.png"))
 
 
 def test_control_study_in_miniature(assets: Path, tmp_path: Path) -> None:
