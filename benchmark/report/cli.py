@@ -151,10 +151,15 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
         err.print(f"[red]No runs match[/] the filters ({escape(filters.describe())}); " + escape(describe(found.runs)))
         _print_warnings(found.warnings, err)
         return 1
+    warnings = list(found.warnings)
+    if args.metrics == list(workload.DEFAULT_METRICS):  # not asked for by name: a run of another workload has none
+        logged = {column for run in runs for column in run.history.columns}
+        if missing := [m for m in args.metrics if m not in logged and logged > {"_step"}]:
+            warnings.append(f"no run logged {', '.join(missing)} (a default of --metrics); left out")
+            args = replace(args, metrics=[m for m in args.metrics if m not in missing])
     if problem := _unknown_metrics([*args.metrics, *([] if args.x_axis in X_AXES else [args.x_axis])], runs):
         return fail(problem)
 
-    warnings = list(found.warnings)
     groups, comparisons = _variants(runs, args, labels, selected, warnings)
     expected = _expected_by_label(found.expected_seeds or {}, groups, labels)
     table = Results.of(groups, [*args.metrics, workload.SAMPLES_PER_S, args.x_axis])

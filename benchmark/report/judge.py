@@ -68,9 +68,13 @@ def _trend(variant: str, metric: str, runs: list[Series], last_n: int) -> str:
     """Each seed's mean over its first `last_n` logged steps against its last `last_n`."""
     if not runs:
         return f"`{variant}` logged no {metric}"
-    starts = np.array([s.y[:last_n].mean() for s in runs])
-    ends = np.array([s.y[-last_n:].mean() for s in runs])
+    # The windows never overlap: a short run compares its first and last halves.
+    window = min(last_n, *(len(s.y) // 2 for s in runs))
+    if window < 1:
+        return f"**{variant}**: {metric}: too few logged steps to tell a trend"
+    starts = np.array([s.y[:window].mean() for s in runs])
+    ends = np.array([s.y[-window:].mean() for s in runs])
     rises = int((ends > starts).sum())
-    return (f"**{variant}**: {metric} goes from {starts.mean():.3g} (first {last_n} steps) to {ends.mean():.3g} "
-            f"(last {last_n}), mean over {len(runs)} runs; it rises in {rises} of {len(runs)} "
+    return (f"**{variant}**: {metric} goes from {starts.mean():.3g} (first {window} steps) to {ends.mean():.3g} "
+            f"(last {window}), mean over {len(runs)} runs; it rises in {rises} of {len(runs)} "
             f"(by {(ends - starts).min():+.3g} to {(ends - starts).max():+.3g})")
