@@ -35,6 +35,9 @@ def provenance(runs: pd.DataFrame, plan: Plan | None, expected: dict[str, list[i
     commits = _values(runs, "commit") or ([plan.git_commit] if plan and plan.git_commit else [])
     if commits:
         rows.append(("commit", ", ".join(c[:12] for c in commits)))
+    tags = sorted({tag for run_tags in runs["tags"] for tag in (run_tags or [])})
+    if tags:  # the harness tags each run with its version (git describe, pr-N) and the user's tags
+        rows.append(("tags", ", ".join(tags)))
     refs = [f"{v.name}: {v.ref} ({(v.commit or '')[:12]})" for v in planned.values() if v.ref]
     if refs:
         rows.append(("refs", "; ".join(refs)))

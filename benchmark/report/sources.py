@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from benchmark.manifest import Manifest
 from benchmark.report import cloud, offline, rundir, tensorboard
 from benchmark.report.results import Results
-from benchmark.report.runs import Filters, Found
+from benchmark.report.runs import Filters, Found, Run, exp_name
 
 Repeatable = tyro.conf.UseAppendAction
 
@@ -24,9 +24,10 @@ class Sources:
     """Where runs come from; `benchmark report` and `benchmark compare` read the same."""
 
     wandb_dir: Annotated[list[Path], Repeatable] = field(default_factory=list)
-    """a folder holding wandb's offline-run-*/run-* folders, or one such folder"""
+    """a folder holding wandb's offline-run-*/run-* folders, or one such folder; LABEL=FOLDER names its runs'
+    variants 'VARIANT (LABEL)', so that two sources' same variant stay apart"""
     tensorboard_dir: Annotated[list[Path], Repeatable] = field(default_factory=list)
-    """a folder of TensorBoard runs (folders of event files), searched recursively"""
+    """a folder of TensorBoard runs (folders of event files), searched recursively; LABEL=FOLDER as --wandb-dir"""
     run_name_pattern: str | None = None
     """regex the whole name of a TensorBoard run's folder must match, with groups (?P<variant>...) and (?P<seed>...);
     unset or unmatched: trl_ppo's <variant>__<seed>__<time>"""
@@ -77,18 +78,27 @@ def gather(args: Sources, filters: Filters) -> Found:
             # Only the sweep's own runs are decoded from the folders its jobs wrote to.
             files = rundir.run_files(manifest)
         else:
-            files = []
-            for directory in args.wandb_dir:
+            files, labelled = [], {}
+            for item in args.wandb_dir:
+                label, directory = _labelled(str(item))
                 here = offline.find_run_files(directory)
                 if not here:
                     found.warnings.append(f"{directory}: no offline-run-*/run-* folders with a .wandb file")
                 files += here
+                labelled |= dict.fromkeys(map(str, here), label)
         if files:
             task = progress.add_task("reading W&B runs", total=len(files))
             offline.read_runs(files, found, lambda: progress.advance(task))
-        for directory in args.tensorboard_dir:
+            if manifest is None:
+                _name_by_source(found.runs, {r.id: labelled.get(r.source) for r in found.runs})
+        for item in args.tensorboard_dir:
+            label, directory = _labelled(str(item))
             progress.add_task(f"reading TensorBoard runs in {directory}", total=None)
-            tensorboard.read_runs(directory, found, args.run_name_pattern)
+            here = Found()
+            tensorboard.read_runs(directory, here, args.run_name_pattern)
+            _name_by_source(here.runs, dict.fromkeys((r.id for r in here.runs), label))
+            found.warnings += here.warnings
+            found.add(here.runs)
         for item in args.from_results:
             label, path = _labelled(item)
             found.add(Results.read(path).to_runs(label, str(path)))
@@ -99,6 +109,13 @@ def gather(args: Sources, filters: Filters) -> Found:
         found.plan = manifest.plan
         found.runs, found.expected_seeds = rundir.match_jobs(manifest, found.runs)
     return found
+
+
+def _name_by_source(runs: list[Run], labels: dict[str, str | None]) -> None:
+    """Each run of a labelled source as the variant 'VARIANT (LABEL)'."""
+    for run in runs:
+        if label := labels.get(run.id):
+            run.variant = f"{exp_name(run)} ({label})"
 
 
 def _labelled(item: str) -> tuple[str | None, Path]:

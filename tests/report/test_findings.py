@@ -76,3 +76,19 @@ def test_variants_by_tag_as_in_compare(sweep, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     summary = (tmp_path / "summary.md").read_text()
     assert "| report-test |" in summary and "| sentiment_tuning |" not in summary
+
+
+def test_each_source_can_carry_its_own_label(sweep, tmp_path: Path) -> None:
+    """Two sources in one report, each labelled: a W&B folder as LABEL=DIR, an earlier results.parquet as
+    LABEL=PATH; the same variant from each stays apart."""
+    first = tmp_path / "first"
+    assert report("--wandb-dir", str(sweep.wandb_dir), "--output-dir", str(first)).returncode == 0
+    done = report("--wandb-dir", f"now={sweep.wandb_dir}", "--from", f"then={first / 'results.parquet'}",
+                  "--output-dir", str(tmp_path / "both"), "--baseline", f"{BASE} (then)")
+    assert done.returncode == 0, done.stderr
+    summary = (tmp_path / "both" / "summary.md").read_text()
+    assert f"| {BASE} (now) |" in summary and f"| {BASE} (then) |" in summary
+    # The same runs read twice: the same numbers, so `now` is judged no different from `then` on the reward.
+    line = next(x for x in summary.splitlines() if x.startswith(f"- `{BASE} (now)` against `{BASE} (then)`"))
+    assert "Δ = +0 " in line or "Δ = -0 " in line or "Δ = 0 " in line
+    assert "tags" in (tmp_path / "both" / "index.html").read_text()
