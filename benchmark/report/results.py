@@ -114,10 +114,6 @@ class Results:
         keep = set(runs)
         return Results(self.points[self.points["run"].isin(keep)], self.runs[self.runs["run"].isin(keep)])
 
-    def logged_metrics(self) -> list[str]:
-        """Every metric some run logged, x-axes left out."""
-        return [m for m in self.points["metric"].cat.categories if m not in X_AXES and m in set(self.points["metric"])]
-
     def write(self, path: Path) -> None:
         table = pa.Table.from_pandas(self.points, preserve_index=False)
         runs = json.dumps(self.runs.to_dict(orient="records"), default=str).encode()
