@@ -22,7 +22,7 @@ import plotly.offline
 import pytest
 from matplotlib.image import imread
 
-from benchmark.report.page import PLOTLY_JS, PageData, Trace, write_page
+from benchmark.report.page import PAGE_JS, PLOTLY_JS, PageData, Trace, write_page
 
 METRICS = ["env/reward_mean", "objective/kl", "ppo/loss/total"]
 AXES = ["step", "samples"]
@@ -239,14 +239,14 @@ def test_no_request_leaves_the_page_folder(browser: str, site: Path, servers: tu
     dom = chromium(browser, url, tmp_path / "page", via_proxy)
     assert panels(dom) == 3
     assert files.requests and all(path.startswith("/report/") for path in files.requests), files.requests
-    assert sorted(set(files.requests)) == ["/report/index.html", f"/report/{PLOTLY_JS}"]
+    assert sorted(set(files.requests)) == ["/report/index.html", f"/report/{PAGE_JS}", f"/report/{PLOTLY_JS}"]
     assert proxy.requests == []
 
 
 def test_page_links_nothing_outside_and_plotly_is_written_once(tmp_path: Path) -> None:
     written = write_page(tmp_path, page_data())
     index, script = tmp_path / "index.html", tmp_path / PLOTLY_JS
-    assert written == [index, script]
+    assert written == [index, script, tmp_path / PAGE_JS]
     page = index.read_text()
     links = re.findall(r'\b(?:src|href)\s*=\s*["\']?([^"\'\s>]*)', page)
     assert links and all(not re.match(r"[a-z][a-z0-9+.-]*:|/", link, re.I) or link.startswith("data:")
