@@ -92,3 +92,9 @@ def test_each_source_can_carry_its_own_label(sweep, tmp_path: Path) -> None:
     line = next(x for x in summary.splitlines() if x.startswith(f"- `{BASE} (now)` against `{BASE} (then)`"))
     assert "Δ = +0 " in line or "Δ = -0 " in line or "Δ = 0 " in line
     assert "tags" in (tmp_path / "both" / "index.html").read_text()
+
+
+def test_help_piped_to_head_ends_quietly() -> None:
+    done = subprocess.run(["bash", "-c", f"{sys.executable} -m benchmark.report --help | head -1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("usage: benchmark report") and "Traceback" not in done.stderr, done.stderr
