@@ -152,12 +152,14 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
         _print_warnings(found.warnings, err)
         return 1
     warnings = list(found.warnings)
-    if args.metrics == list(workload.DEFAULT_METRICS):  # not asked for by name: a run of another workload has none
-        logged = {column for run in runs for column in run.history.columns}
-        if missing := [m for m in args.metrics if m not in logged and logged > {"_step"}]:
-            warnings.append(f"no run logged {', '.join(missing)} (a default of --metrics); left out")
-            args = replace(args, metrics=[m for m in args.metrics if m not in missing])
-    if problem := _unknown_metrics([*args.metrics, *([] if args.x_axis in X_AXES else [args.x_axis])], runs):
+    logged = {column for run in runs for column in run.history.columns}
+    # A default metric, not asked for by name, that no run logged (a run of another workload): left out.
+    if args.metrics == list(workload.DEFAULT_METRICS) and (
+        missing := [m for m in args.metrics if m not in logged and logged > {"_step"}]
+    ):
+        warnings.append(f"no run logged {', '.join(missing)} (a default of --metrics); left out")
+        args = replace(args, metrics=[m for m in args.metrics if m not in missing])
+    if problem := _unknown_metrics([*args.metrics, *([] if args.x_axis in X_AXES else [args.x_axis])], logged):
         return fail(problem)
 
     groups, comparisons = _variants(runs, args, labels, selected, warnings)
@@ -257,10 +259,9 @@ def _expected_by_label(
     return by_label
 
 
-def _unknown_metrics(metrics: list[str], runs: list[Run]) -> str | None:
-    """A metric no run logged, with the logged names closest to it; None when every one was logged somewhere
-    (or nothing was logged yet: a sweep just started has a table and no curves)."""
-    logged = {column for run in runs for column in run.history.columns}
+def _unknown_metrics(metrics: list[str], logged: set[str]) -> str | None:
+    """A metric not among the `logged` columns, with the logged names closest to it; None when every one was
+    logged somewhere (or nothing was logged yet: a sweep just started has a table and no curves)."""
     if logged <= {"_step"}:
         return None
     for metric in metrics:
@@ -299,9 +300,12 @@ def _compare_figures(table: Results, findings: Findings, args: ReportArgs, out: 
     written = []
     for candidate, results in findings.verdicts.items():
         pair = [findings.baseline, candidate]
-        curves = {r.metric: _curves(table, pair, args, args.x_axis, None).get(r.metric, {}) for r in results}
-        finals = {r.metric: {v: table.finals(r.metric, args.last_n).get(v, np.array([])) for v in pair}
-                  for r in results}
+        by_metric = _curves(table, pair, args, args.x_axis, None)
+        curves = {r.metric: by_metric.get(r.metric, {}) for r in results}
+        finals = {}
+        for r in results:
+            of_metric = table.finals(r.metric, args.last_n)
+            finals[r.metric] = {v: of_metric.get(v, np.array([])) for v in pair}
         titles = {r.metric: f"{r.metric}: {r.verdict}" for r in results}
         stem = out / ("compare-" + re.sub(r"[^A-Za-z0-9_.+-]+", "_", candidate))
         written += figures.plot_comparison(curves, finals, titles, args.x_axis, stem)

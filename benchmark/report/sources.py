@@ -57,8 +57,7 @@ class Sources:
             except ValueError as error:
                 return f"--run-name-pattern {error}"
         for item in self.from_results:
-            path = Path(item.partition("=")[2] if "=" in item and not Path(item).exists() else item)
-            if not path.is_file():
+            if not _labelled(item)[1].is_file():
                 return f"--from {item}: no such file (a results.parquet that `benchmark report` wrote)"
         return None
 
