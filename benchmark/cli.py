@@ -12,9 +12,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import tyro
 
@@ -37,80 +38,115 @@ from benchmark.manifest import (
 from benchmark.plan import ArraySettings, LaunchRequest, Plan, PlanError, make_plan, variant_folder
 from benchmark.redact import Redactor, referenced_secrets
 from benchmark.tags import add_worktree
-from benchmark.view import say, say_error, say_note, status_table
-
+from benchmark.view import parse_args, say, say_error, say_note, status_table
 
 # The field types are spelled so that tyro checks the defaults without importing typeguard, which
 # would add a third to the start-up time of every launch: `Optional[X]`, not `X | None`, and a bare
-# `tuple` (of strings, to tyro) for the repeatable flags.
+# `tuple` (of strings, to tyro) for the repeatable flags. No class docstrings: tyro would run them through
+# docstring_parser, a third of the parse time; the groups' titles come from the field names in LaunchArgs.
+Repeatable = tyro.conf.UseAppendAction
+Group = tyro.conf.OmitArgPrefixes
+
+
+def _flag(metavar: str, unset: str | None = None) -> object:
+    """A flag's metavar, and what happens when it is not given (instead of tyro's "(default: None)")."""
+    return tyro.conf.arg(metavar=metavar, help_behavior_hint=f"(unset: {unset})" if unset else None)
+
+
+@dataclass
+class LocalPoolArgs:
+    gpus: Annotated[Optional[str], _flag("IDS", "CUDA_VISIBLE_DEVICES, else nvidia-smi, else none")] = None
+    """GPU ids for the local pool, e.g. 0,1,2"""
+    gpus_per_job: int = 1
+    """GPUs each local job gets (when GPUs exist)"""
+    jobs_per_gpu: int = 1
+    """local jobs allowed to share one GPU"""
+    grace_period: float = 10.0
+    """seconds a stopped job gets between SIGTERM and SIGKILL"""
+
+
+@dataclass
+class SlurmArgs:
+    slurm_template_path: Annotated[
+        Optional[str], _flag("PATH", "the local pool; with --backend slurm, the shipped trl.slurm_template")
+    ] = None
+    """a jinja2 Slurm template: run the jobs as Slurm job arrays, submitted with sbatch"""
+    slurm_gpus_per_task: Annotated[Optional[int], _flag("INT")] = 1
+    """GPUs per Slurm task"""
+    slurm_total_cpus: Annotated[Optional[int], _flag("INT")] = 50
+    """CPUs of one job, split over its GPUs (the template's cpus_per_gpu)"""
+    slurm_ntasks: Annotated[Optional[int], _flag("INT")] = 1
+    """Slurm tasks per job"""
+    slurm_nodes: Annotated[Optional[int], _flag("INT", "no --nodes line")] = None
+    """Slurm nodes per job"""
+    slurm_partition: Annotated[Optional[str], _flag("NAME", "the cluster's default")] = None
+    """Slurm partition"""
+    slurm_time: Annotated[Optional[str], _flag("TIME", "the partition's limit")] = None
+    """Slurm time limit, e.g. 2:00:00"""
+    slurm_mem: Annotated[Optional[str], _flag("SIZE", "the cluster's default")] = None
+    """Slurm memory per node, e.g. 64G"""
+    slurm_extra: Annotated[tuple, Repeatable, _flag("OPTION")] = ()
+    """one more #SBATCH option, e.g. --constraint=h100"""
+    slurm_setup: Annotated[tuple, Repeatable, _flag("LINE")] = ()
+    """a shell line run before the command, e.g. 'module load cuda/12.1'"""
+    then: Annotated[Optional[str], _flag("COMMAND", "none")] = None
+    """a follow-up command (e.g. the report) that runs after every task has ended"""
+    wait: bool = False
+    """stay until every task has ended, with a live view; exit non-zero if any failed (submitit too)"""
+    poll_interval: float = 5.0
+    """seconds between state checks while waiting"""
+
+
+@dataclass
+class SubmititArgs:
+    submitit_cluster: Literal["auto", "slurm", "local"] = "auto"
+    """submitit's executor (with --backend submitit; the --slurm-* flags apply, its own batch script replaces the
+    template): auto (Slurm where srun exists), slurm, or local"""
+
+
+@dataclass
+class WandbArgs:
+    auto_tag: bool = True
+    """add the git tag (and `pr-N` when known locally) to each job's WANDB_TAGS"""
+    pr: Annotated[Optional[int], _flag("N", "GITHUB_REF's or CI_MERGE_REQUEST_IID's, if any")] = None
+    """the pull request number to tag runs with (`pr-N`)"""
+
+
 @dataclass
 class LaunchArgs:
-    # No class docstring: tyro would run it through docstring_parser, a third of the parse time.
-    # The --help description is given to tyro.cli instead.
-
-    command: Annotated[tuple, tyro.conf.UseAppendAction] = ()
+    command: Annotated[tuple, Repeatable, _flag("CMD")] = ()
     """the command to run; repeat the flag for variants (`name=CMD` names one explicitly)"""
     num_seeds: int = 3
     """the number of seeds to run each command with"""
     start_seed: int = 1
     """the first seed"""
+    seed_flag: str = "--seed"
+    """the flag appended to each command with its seed"""
     workers: int = 0
     """jobs at once (Slurm: tasks of each array at once); 0 runs nothing, as in TRL: it prints the commands, or
     with a Slurm template writes the scripts under the run dir and submits nothing"""
-    auto_tag: bool = True
-    """add the git tag (and `pr-N` when known locally) to WANDB_TAGS"""
-    slurm_template_path: Optional[str] = None
-    """a jinja2 Slurm template: submit job arrays with sbatch instead of running locally"""
-    slurm_gpus_per_task: Optional[int] = 1
-    """GPUs per Slurm task"""
-    slurm_total_cpus: Optional[int] = 50
-    """CPUs of one job, split over its GPUs (the template's cpus_per_gpu)"""
-    slurm_ntasks: Optional[int] = 1
-    """Slurm tasks per job"""
-    slurm_nodes: Optional[int] = None
-    """Slurm nodes per job"""
-    ref: Annotated[tuple, tyro.conf.UseAppendAction] = ()
-    """run the command at this git ref too (repeatable): a variant per ref, named after its `git describe`,
-    run in a worktree of its own under the run dir with PYTHONPATH set to it"""
-    seed_flag: str = "--seed"
-    """the flag appended to each command with its seed"""
-    dry_run: bool = False
-    """print the plan (commands, GPUs, logs, rendered scripts) and start nothing"""
-    run_dir: Optional[Path] = None
-    """where the manifest, logs and scripts go (default: runs/<UTC time>-<name>)"""
-    gpus: Optional[str] = None
-    """GPU ids for the local pool, e.g. 0,1,2 (default: CUDA_VISIBLE_DEVICES, else nvidia-smi, else none)"""
-    gpus_per_job: int = 1
-    """GPUs each local job gets (when GPUs exist)"""
-    jobs_per_gpu: int = 1
-    """local jobs allowed to share one GPU"""
+    backend: Literal["auto", "local", "slurm", "submitit"] = "auto"
+    """where jobs run; auto: Slurm when --slurm-template-path is given, else the local pool"""
+    ref: Annotated[tuple, Repeatable, _flag("REF")] = ()
+    """run the command at this git ref too: a variant per ref, named after its `git describe`, run in a worktree of
+    its own under the run dir with PYTHONPATH set to it"""
     max_retries: int = 0
     """run a failed job again up to this many times (Slurm and submitit: under --wait)"""
-    pr: Optional[int] = None
-    """the pull request number to tag runs with (`pr-N`)"""
-    grace_period: float = 10.0
-    """seconds a stopped job gets between SIGTERM and SIGKILL"""
-    backend: Literal["auto", "local", "slurm", "submitit"] = "auto"
-    """where jobs run; auto: Slurm when --slurm-template-path is given, else the local pool; submitit: the
-    same plan through submitit's executor (the --slurm-* flags apply, its own batch script replaces the template)"""
-    submitit_cluster: Literal["auto", "slurm", "local"] = "auto"
-    """submitit's executor: auto (Slurm where srun exists), slurm, or local"""
-    slurm_partition: Optional[str] = None
-    """Slurm partition (default: the cluster's default)"""
-    slurm_time: Optional[str] = None
-    """Slurm time limit, e.g. 2:00:00"""
-    slurm_mem: Optional[str] = None
-    """Slurm memory per node, e.g. 64G"""
-    slurm_extra: Annotated[tuple, tyro.conf.UseAppendAction] = ()
-    """one more #SBATCH option, e.g. --constraint=h100 (repeatable)"""
-    slurm_setup: Annotated[tuple, tyro.conf.UseAppendAction] = ()
-    """a shell line run before the command, e.g. 'module load cuda/12.1' (repeatable)"""
-    then: Optional[str] = None
-    """Slurm: a follow-up command (e.g. the report) that runs after every task has ended"""
-    wait: bool = False
-    """Slurm: stay until every task has ended, with a live view; exit non-zero if any failed"""
-    poll_interval: float = 5.0
-    """Slurm: seconds between state checks while waiting"""
+    run_dir: Annotated[Optional[Path], _flag("DIR", "runs/<UTC time>-<name>")] = None
+    """where the manifest, logs and scripts go"""
+    dry_run: bool = False
+    """print the plan (commands, GPUs, logs, rendered scripts) and start nothing"""
+    # The groups of --help; their flags keep their own names (no `--slurm.` prefix).
+    local_pool: Annotated[LocalPoolArgs, Group] = dataclasses.field(default_factory=LocalPoolArgs)
+    slurm: Annotated[SlurmArgs, Group] = dataclasses.field(default_factory=SlurmArgs)
+    submitit: Annotated[SubmititArgs, Group] = dataclasses.field(default_factory=SubmititArgs)
+    wandb: Annotated[WandbArgs, Group, tyro.conf.arg(name="W&B")] = dataclasses.field(default_factory=WandbArgs)
+
+    def request(self) -> LaunchRequest:
+        """The flags of every group, by name, as the plan takes them."""
+        groups = (self, self.local_pool, self.slurm, self.submitit, self.wandb)
+        given = {f.name: getattr(group, f.name) for group in groups for f in dataclasses.fields(group)}
+        return LaunchRequest(**{f.name: given[f.name] for f in dataclasses.fields(LaunchRequest)})
 
 
 @dataclass
@@ -138,8 +174,7 @@ def _default_run_dir(name: str) -> Path:
 
 
 def launch(args: LaunchArgs, argv: list[str]) -> int:
-    request = LaunchRequest(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LaunchRequest)})
-    plan, secrets = make_plan(request, argv, Redactor())
+    plan, secrets = make_plan(args.request(), argv, Redactor())
     # Inline secrets reach the jobs through the environment; only `"$NAME"` is ever stored.
     os.environ.update(secrets)
     jobs = plan.jobs()
@@ -279,8 +314,47 @@ def cancel(args: RunDirArgs) -> int:
     return 0
 
 
-_LAUNCH_DESCRIPTION = "Run a command across seeds (and variants), locally or on Slurm, and record every job."
-_SUBCOMMANDS = {"status": (StatusArgs, status), "resume": (ResumeArgs, resume), "cancel": (RunDirArgs, cancel)}
+_LAUNCH_DESCRIPTION = """Run a command across seeds (and variants), locally or on Slurm, and record every job.
+
+subcommands (benchmark SUBCOMMAND --help says more):
+  status RUN_DIR   counts per variant and state, then every job not COMPLETED
+  resume RUN_DIR   run the jobs not COMPLETED; adopt, never rerun, what is still queued or running
+  cancel RUN_DIR   stop the run's jobs (through its live harness, else directly)
+  report           seed-aggregated curves, verdicts and a page from W&B or TensorBoard runs
+  compare          is the candidate better than the baseline? a verdict per metric"""
+_LAUNCH_EXAMPLES = """\
+  # TRL's line: 3 seeds on the local pool, 2 jobs (one GPU each, when there are GPUs) at once
+  benchmark --command "python -m trl_ppo.ppo --ppo_config.log_with wandb" --num-seeds 3 --workers 2
+  # two variants x 5 seeds as Slurm job arrays (the shipped template), staying to watch them end
+  benchmark --command "base=python -m trl_ppo.ppo" --command "peft=python -m trl_ppo.ppo --use_peft" \\
+      --num-seeds 5 --workers 10 --backend slurm --slurm-gpus-per-task 1 --slurm-total-cpus 12 --wait
+  # the rendered Slurm scripts and every job's command, starting nothing
+  benchmark --command "python train.py --lr 3e-4" --num-seeds 2 --backend slurm --dry-run
+"""
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    args: type
+    handler: Callable[[Any], int]
+    description: str
+    examples: str
+
+
+_SUBCOMMANDS = {
+    "status": Subcommand(
+        StatusArgs, status, "How the jobs of a run dir stand: counts per variant and state, then the jobs not "
+        "COMPLETED (with their logs' paths).",
+        "  benchmark status runs/2026-12-05T10-00-00-trl_ppo.ppo-log_with-wandb\n  benchmark status RUN_DIR --all\n"),
+    "resume": Subcommand(
+        ResumeArgs, resume, "Run the jobs of a run dir that have not completed; what a dead harness left queued or "
+        "running is adopted and watched, never run twice.",
+        "  benchmark resume RUN_DIR\n  benchmark resume RUN_DIR --workers 4 --max-retries 1\n"),
+    "cancel": Subcommand(
+        RunDirArgs, cancel, "Stop the jobs of a run dir: through its live harness when one runs, else here; they "
+        "are recorded CANCELLED.",
+        "  benchmark cancel RUN_DIR\n  benchmark resume RUN_DIR   # later: runs them again\n"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,10 +369,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return compare_main(argv[1:])
         if argv and argv[0] in _SUBCOMMANDS:
-            cls, handler = _SUBCOMMANDS[argv[0]]
-            return handler(tyro.cli(cls, args=argv[1:], prog=f"benchmark {argv[0]}"))
-        args = tyro.cli(LaunchArgs, args=argv, prog="benchmark", description=_LAUNCH_DESCRIPTION)
-        return launch(args, argv)
+            sub = _SUBCOMMANDS[argv[0]]
+            return sub.handler(parse_args(sub.args, argv[1:], f"benchmark {argv[0]}", sub.description, sub.examples))
+        return launch(parse_args(LaunchArgs, argv, "benchmark", _LAUNCH_DESCRIPTION, _LAUNCH_EXAMPLES), argv)
     except (PlanError, ManifestError, BackendError) as error:
         say_error(f"error: {error}")
         return 2

@@ -9,7 +9,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
+
+import tyro
 
 from benchmark.manifest import ACTIVE_STATES, COMPLETED, PENDING, QUEUED, RUNNING, JobRecord, Record
 from benchmark.redact import Redactor
@@ -24,6 +26,19 @@ if TYPE_CHECKING:
 ON_TERMINAL = sys.stdout.isatty()
 _STATE_STYLE = {COMPLETED: "green", RUNNING: "cyan", PENDING: "dim"}
 _LOG_TAIL_LINES = 15
+
+
+Args = TypeVar("Args")
+
+
+def parse_args(cls: type[Args], argv: list[str], prog: str, description: str, examples: str) -> Args:
+    """tyro's parse of a command line; its --help ends with EXAMPLES (tyro has no epilog of its own)."""
+    try:
+        return tyro.cli(cls, args=argv, prog=prog, description=description)
+    except SystemExit as stop:
+        if stop.code == 0 and not {"-h", "--help"}.isdisjoint(argv):
+            print(f"\nexamples:\n{examples.rstrip()}", flush=True)
+        raise
 
 
 @functools.cache

@@ -3,7 +3,6 @@ environment every backend hands its jobs, and how jobs are grouped into arrays."
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 from pathlib import Path
@@ -16,14 +15,12 @@ from benchmark.backends.slurm import SlurmBackend, array_id, explicit_options
 from benchmark.backends.submitit import executor_parameters
 from benchmark.cli import LaunchArgs
 from benchmark.manifest import FollowUpRecord, JobRecord, Manifest
-from benchmark.plan import LaunchRequest, Plan, PlanError, SlurmSettings, SubmititSettings, Variant, make_plan
+from benchmark.plan import Plan, PlanError, SlurmSettings, SubmititSettings, Variant, make_plan
 from benchmark.redact import Redactor
 
 
 def plan_of(*argv: str) -> Plan:
-    args = tyro.cli(LaunchArgs, args=list(argv))
-    request = LaunchRequest(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LaunchRequest)})
-    plan, _ = make_plan(request, list(argv), Redactor({}))
+    plan, _ = make_plan(tyro.cli(LaunchArgs, args=list(argv)).request(), list(argv), Redactor({}))
     return plan
 
 
