@@ -151,7 +151,7 @@ class LaunchArgs:
 
 @dataclass
 class RunDirArgs:
-    run_dir: tyro.conf.Positional[Path]
+    run_dir: Annotated[Path, tyro.conf.Positional, _flag("RUN_DIR")]
     """a run dir made by `benchmark`"""
 
 
@@ -163,10 +163,10 @@ class StatusArgs(RunDirArgs):
 
 @dataclass
 class ResumeArgs(RunDirArgs):
-    workers: Optional[int] = None
-    """jobs at once (default: as launched)"""
-    max_retries: Optional[int] = None
-    """retries of a failed job (default: as launched)"""
+    workers: Annotated[Optional[int], _flag("INT", "as launched")] = None
+    """jobs at once"""
+    max_retries: Annotated[Optional[int], _flag("INT", "as launched")] = None
+    """retries of a failed job"""
 
 
 def _default_run_dir(name: str) -> Path:
@@ -353,7 +353,8 @@ _SUBCOMMANDS = {
     "cancel": Subcommand(
         RunDirArgs, cancel, "Stop the jobs of a run dir: through its live harness when one runs, else here; they "
         "are recorded CANCELLED.",
-        "  benchmark cancel RUN_DIR\n  benchmark resume RUN_DIR   # later: runs them again\n"),
+        "  benchmark cancel RUN_DIR\n  benchmark cancel runs/2026-12-05T10-00-00-peft   # `benchmark resume` runs "
+        "them again later\n"),
 }
 
 
