@@ -29,6 +29,19 @@ _LOG_TAIL_LINES = 15
 
 
 Args = TypeVar("Args")
+# tyro's markers for the command lines: a flag given once per value, and a group of --help whose flags keep their
+# own names (no `--group.` prefix).
+Repeatable = tyro.conf.UseAppendAction
+Group = tyro.conf.OmitArgPrefixes
+
+
+def _join_lines(text: str, _join: Callable[[str], str] = tyro._strings.remove_single_line_breaks) -> str:
+    return _join(tyro._strings.dedent(text))
+
+
+# tyro (1.0) joins a help text's lines where the next one starts with a letter, and dedents a field's docstring only
+# after that: the indented continuation lines of every multi-line docstring stayed hard breaks, ragged at any width.
+tyro._strings.remove_single_line_breaks = _join_lines
 
 
 def parse_args(cls: type[Args], argv: list[str], prog: str, description: str, examples: str) -> Args:

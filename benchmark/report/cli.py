@@ -41,83 +41,118 @@ from benchmark.report.runs import (
     key_of,
     parse_assignments,
 )
-from benchmark.report.sources import Repeatable, Sources, gather
+from benchmark.report.sources import Sources, gather
+from benchmark.view import Group, Repeatable, parse_args
 
 
 @dataclass
-class ReportArgs(Sources):
-    """A page that says what the runs found: seed-aggregated curves, verdicts against the baseline, a table and
-    the tidy results.parquet, from W&B (cloud or offline), TensorBoard or earlier results."""
+class Selection:
+    """Which runs count (cloud runs are narrowed on W&B's server)."""
 
-    tags: list[str] = field(default_factory=list)
+    tags: Annotated[list[str], tyro.conf.arg(help_behavior_hint="(unset: any)")] = field(default_factory=list)
     """keep runs that carry all these tags"""
-    group: str | None = None
+    group: Annotated[str | None, tyro.conf.arg(metavar="GROUP", help_behavior_hint="(unset: any)")] = None
     """keep runs of this W&B group"""
-    state: str | None = None
+    state: Annotated[str | None, tyro.conf.arg(metavar="STATE", help_behavior_hint="(unset: any)")] = None
     """keep runs in this state (finished, running, crashed, failed)"""
-    filter: Annotated[list[str], Repeatable] = field(default_factory=list)
+    filter: Annotated[list[str], Repeatable, tyro.conf.arg(metavar="KEY=VALUE")] = field(default_factory=list)
     """keep runs whose config has KEY=VALUE (dotted keys, e.g. trl_ppo_trainer_config.exp_name=x)"""
-    metrics: list[str] = field(default_factory=lambda: list(workload.DEFAULT_METRICS))
-    """metrics to plot, one panel each, and to tabulate, a final value each"""
-    x_axis: str = "_step"
-    """x-axis of the static figures and the page's first: _step, _samples (rollouts), _tokens (response tokens),
-    _runtime (wall time), or any logged metric; the page offers the others too"""
-    group_by: str | None = None
-    """config key whose value makes a variant, or tag:A,B (each run in the group of the first of these tags it
-    carries: main against pr-12); unset: the exp name (exp_name or trl_ppo_trainer_config.exp_name)"""
-    labels: Annotated[list[str], Repeatable] = field(default_factory=list)
-    """rename a variant in figures and table: OLD=NEW"""
-    smooth: int = 1
-    """rolling mean over this many logged points of each run before averaging"""
-    band: Band = "std"
-    """band around the mean: std over seeds (kept within the metric's range: KL >= 0), ci95 (bootstrap 95% CI of
-    the mean), or iqr (the seeds' 25th to 75th percentiles)"""
-    preset: list[Preset] = field(default_factory=list)
-    """draw the seed's comparisons instead of one figure of all variants"""
-    last_n: int = 10
-    """final values are each run's mean over its last N logged steps"""
     include_crashed: bool = False
     """average crashed and failed runs in too (the table says so)"""
-    name: str | None = None
-    """report name; unset: the run dir's or project's name"""
-    output_dir: Path | None = None
-    """where to write; unset: results/<name>"""
-    title: str | None = None
-    """the page's title; unset: the preset's, else the report's name"""
-    finding: str | None = None
-    """the one line under the title; unset: the verdicts' headline (or the lone variant's trend)"""
-    baseline: str | None = None
-    """the variant every other one is judged against; unset: the first"""
-    epsilon: Annotated[list[str], Repeatable] = field(default_factory=list)
-    """the difference below which a variant counts as equivalent, in the metric's units: METRIC=VALUE
-    (repeatable), or VALUE for every metric not named; unset: 0.1 for env/reward_mean, 0.5 for objective/kl, else
-    0.1"""
-    asset_url: str | None = None
+
+
+@dataclass
+class Output:
+    """Where the report goes and what it is called."""
+
+    name: Annotated[str | None, tyro.conf.arg(metavar="NAME", help_behavior_hint="(unset: the run dir's or "
+                                              "project's name)")] = None
+    """report name"""
+    output_dir: Annotated[Path | None, tyro.conf.arg(metavar="DIR", help_behavior_hint="(unset: results/NAME)")] = None
+    """where to write"""
+    title: Annotated[str | None, tyro.conf.arg(metavar="TEXT", help_behavior_hint="(unset: the preset's, else the "
+                                               "report's name)")] = None
+    """the page's title"""
+    finding: Annotated[str | None, tyro.conf.arg(metavar="TEXT", help_behavior_hint="(unset: the verdicts' "
+                                                 "headline, or the lone variant's trend)")] = None
+    """the one line under the title"""
+    asset_url: Annotated[str | None, tyro.conf.arg(metavar="URL", help_behavior_hint="(unset: summary.md names "
+                                                   "them)")] = None
     """the URL the output folder will be uploaded to: summary.md then shows the figures from there (GitHub shows
-    no file beside a comment); unset, it names them"""
-    # openrlbenchmark's command line (rlops_multi_metrics), so TRL's plot.sh lines run as they are.
+    no file beside a comment)"""
+
+
+@dataclass
+class OpenRLBenchmark:
+    """openrlbenchmark's command line (rlops_multi_metrics), so that TRL's plot.sh lines run as they are."""
+
     filters: Annotated[list[list[str]], Repeatable] = field(default_factory=list)
-    """openrlbenchmark's filter groups, repeatable: '?we=E&wpn=P&xaxis=X&ceik=KEY&cen=KEY&metrics=M' then one
-    selection 'EXP_NAME?tag=T&user=U&cl=LABEL' per variant; they set variants, metrics and x-axis, and read W&B E/P
-    unless --wandb-dir/--run-dir is given. Defaults: xaxis=global_step ceik=env_id cen=exp_name, and
-    metrics=charts/episodic_return"""
+    """filter groups: '?we=E&wpn=P&xaxis=X&ceik=KEY&cen=KEY&metrics=M', then 'EXP_NAME?tag=T&user=U&cl=LABEL' per
+    variant; they set the variants, metrics and x-axis, and read W&B E/P unless --wandb-dir/--run-dir is given"""
     env_ids: Annotated[list[list[str]], Repeatable] = field(default_factory=list)
     """with --filters: keep runs whose config[ceik] is one of these (once for every group, or once per group);
     several make one variant per env, 'LABEL (ENV)'"""
     check_empty_runs: bool = True
     """with --filters: a selection matching no run is an error (else a warning, and it is left out)"""
-    pc: orb.PlotConfig = field(default_factory=orb.PlotConfig)
-    """the page's layout, openrlbenchmark's --pc.*"""
-    output_filename: Path | None = None
-    """openrlbenchmark's output stem: where it writes PATH.png we write the report into the folder PATH/
-    (the flag --output-dir wins)"""
+    output_filename: Annotated[Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(unset: none)")] = None
+    """openrlbenchmark's output stem: where it writes PATH.png we write the report into the folder PATH/ (the flag
+    --output-dir wins)"""
     scan_history: bool = False
     """accepted for openrlbenchmark's command lines; histories are always read in full (never sampled)"""
 
 
+@dataclass
+class ReportArgs:
+    """A page that says what the runs found: seed-aggregated curves, verdicts against the baseline, a table and
+    the tidy results.parquet, from W&B (cloud or offline), TensorBoard or earlier results."""
+
+    metrics: list[str] = field(default_factory=lambda: list(workload.DEFAULT_METRICS))
+    """metrics to plot, one panel each, and to tabulate, a final value each"""
+    x_axis: str = "_step"
+    """x-axis of the static figures and the page's first: _step, _samples (rollouts), _tokens (response tokens),
+    _runtime (wall time), or any logged metric; the page offers the others too"""
+    group_by: Annotated[str | None, tyro.conf.arg(metavar="KEY", help_behavior_hint="(unset: the exp name, "
+                                                  "exp_name or trl_ppo_trainer_config.exp_name)")] = None
+    """config key whose value makes a variant, or tag:A,B (each run in the group of the first of these tags it
+    carries: main against pr-12)"""
+    labels: Annotated[list[str], Repeatable, tyro.conf.arg(metavar="OLD=NEW")] = field(default_factory=list)
+    """rename a variant in figures and table"""
+    preset: Annotated[list[Preset], tyro.conf.arg(help_behavior_hint="(unset: none)")] = field(default_factory=list)
+    """draw the seed's comparisons instead of one figure of all variants"""
+    smooth: int = 1
+    """rolling mean over this many logged points of each run before averaging"""
+    band: Band = "std"
+    """band around the mean: std over seeds (kept within the metric's range: KL >= 0), ci95 (bootstrap 95% CI of
+    the mean), or iqr (the seeds' 25th to 75th percentiles)"""
+    last_n: int = 10
+    """final values are each run's mean over its last N logged steps"""
+    baseline: Annotated[str | None, tyro.conf.arg(metavar="VARIANT", help_behavior_hint="(unset: the first)")] = None
+    """the variant every other one is judged against"""
+    epsilon: Annotated[list[str], Repeatable, tyro.conf.arg(metavar="[METRIC=]VALUE")] = field(default_factory=list)
+    """the difference below which a variant counts as equivalent, in the metric's units, for METRIC or every metric
+    not named (unset: 0.1 for env/reward_mean, 0.5 for objective/kl, else 0.1)"""
+    sources: Annotated[Sources, Group] = field(default_factory=Sources)
+    selection: Annotated[Selection, Group] = field(default_factory=Selection)
+    output: Annotated[Output, Group] = field(default_factory=Output)
+    openrlbenchmark: Annotated[OpenRLBenchmark, Group] = field(default_factory=OpenRLBenchmark)
+    pc: orb.PlotConfig = field(default_factory=orb.PlotConfig)
+    """the page's layout, openrlbenchmark's --pc.*"""
+
+
+EXAMPLES = """\
+  # a sweep's own runs (the W&B runs its jobs wrote), the seed's comparisons drawn
+  benchmark report --run-dir runs/2026-12-05T10-00-00-peft --preset peft
+  # offline W&B runs and TensorBoard event files, judged against one variant
+  benchmark report --wandb-dir wandb --tensorboard-dir tb --baseline gpt2 --metrics env/reward_mean objective/kl
+  # two earlier reports against each other, no W&B at all
+  benchmark report --from main=results/peft/results.parquet --from pr-12=new/results.parquet
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = tyro.cli(ReportArgs, args=argv, prog="benchmark report")
-    return report(args)
+    description = " ".join((ReportArgs.__doc__ or "").split())
+    return report(parse_args(ReportArgs, sys.argv[1:] if argv is None else argv, "benchmark report", description,
+                             EXAMPLES))
 
 
 def report(args: ReportArgs, console: Console | None = None) -> int:
@@ -131,19 +166,20 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
         return 2
 
     try:
-        filters = Filters(args.tags, args.group, args.state, parse_assignments(args.filter, "--filter"))
+        keep = args.selection
+        filters = Filters(keep.tags, keep.group, keep.state, parse_assignments(keep.filter, "--filter"))
         labels = parse_assignments(args.labels, "--labels")
     except ValueError as error:
         return fail(str(error))
     selected: dict[str, list[Run]] | None = None
     try:
-        if args.filters:  # openrlbenchmark's syntax: its groups choose the sources, runs, metrics and variants
+        if args.openrlbenchmark.filters:  # openrlbenchmark's syntax: its groups choose sources, runs, metrics, variants
             args, found, selected = _from_filter_groups(args, filters)
             runs = list({run.id: run for group in selected.values() for run in group}.values())
         else:
-            if problem := args.problem():
+            if problem := args.sources.problem():
                 return fail(problem)
-            found = gather(args, filters)
+            found = gather(args.sources, filters)
             runs = [run for run in found.runs if filters.keep(run)]
     except (ValueError, ManifestError) as error:
         return fail(str(error))
@@ -165,7 +201,7 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
     groups, comparisons = _variants(runs, args, labels, selected, warnings)
     expected = _expected_by_label(found.expected_seeds or {}, groups, labels)
     table = Results.of(groups, [*args.metrics, workload.SAMPLES_PER_S, args.x_axis])
-    used = table.only(table.runs["run"][args.include_crashed | ~table.runs["state"].isin(BROKEN_STATES)])
+    used = table.only(table.runs["run"][args.selection.include_crashed | ~table.runs["state"].isin(BROKEN_STATES)])
     with_data = set(used.points["variant"].unique())
     drawn = [v for v in groups if v in with_data]
     try:
@@ -173,11 +209,11 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
     except ValueError as error:
         return fail(str(error))
 
-    name = args.name or (args.run_dir.name if args.run_dir else args.project) or "report"
-    out = args.output_dir or args.output_filename or Path("results") / name
+    name = args.output.name or (args.sources.run_dir.name if args.sources.run_dir else args.sources.project) or "report"
+    out = args.output.output_dir or args.openrlbenchmark.output_filename or Path("results") / name
     out.mkdir(parents=True, exist_ok=True)
     table.write(out / "results.parquet")
-    rows = summary.rows_of(table, args.metrics, args.last_n, expected, args.include_crashed)
+    rows = summary.rows_of(table, args.metrics, args.last_n, expected, args.selection.include_crashed)
     written = []
     for title, variants in comparisons:
         curves = _curves(used, variants, args, args.x_axis, warnings)
@@ -186,12 +222,12 @@ def report(args: ReportArgs, console: Console | None = None) -> int:
         else:
             warnings.append(f"{title}: none of the metrics {args.metrics} was logged by its runs; no figure")
     images = _compare_figures(used, findings, args, out) if findings else []
-    title = args.title or (PRESET_TITLES[args.preset[0]] if len(args.preset) == 1 else name)
-    finding = args.finding if args.finding is not None else (findings.headline() if findings else "")
+    title = args.output.title or (PRESET_TITLES[args.preset[0]] if len(args.preset) == 1 else name)
+    finding = args.output.finding if args.output.finding is not None else (findings.headline() if findings else "")
     lines = findings.lines() if findings else []
     pngs = [p.name for p in written if p.suffix == ".png"] + [p.name for p in images if p.suffix == ".png"]
     summary.write_markdown(rows, args.metrics, out / "summary.md", args.last_n, title, finding, lines, pngs,
-                           args.asset_url)
+                           args.output.asset_url)
     summary.write_csv(rows, out / "summary.csv")
     page.write_page(out, _page(used, table, rows, args, title, finding, lines, images, warnings, found))
 
@@ -358,26 +394,27 @@ def _from_filter_groups(args: ReportArgs, filters: Filters) -> tuple[ReportArgs,
     fetched from the groups' W&B projects; and the args with the groups' metrics, x-axis and a name."""
     if args.preset or args.group_by or args.labels:
         raise ValueError("--filters chooses and labels (cl=) the variants itself: drop --preset, --group-by, --labels")
-    groups = orb.parse_filters(args.filters)
-    env_ids = orb.env_ids_per_group(args.env_ids, len(groups))
+    groups = orb.parse_filters(args.openrlbenchmark.filters)
+    env_ids = orb.env_ids_per_group(args.openrlbenchmark.env_ids, len(groups))
     metrics, x_axis = orb.metrics_and_x_axis(groups)
-    if args.local():  # local runs: the filters choose among them
-        if problem := args.problem():
+    if args.sources.local():  # local runs: the filters choose among them
+        if problem := args.sources.problem():
             raise ValueError(problem)
-        found = gather(args, filters)
+        found = gather(args.sources, filters)
     else:  # as openrlbenchmark: each selection's runs, narrowed on the server, full histories, cached
         found = Found()
-        for entity, project, query in orb.cloud_queries(groups, env_ids, args.entity, args.project):
-            found.add(cloud.fetch_runs(entity, project, query, args.cache_dir, args.refresh))
+        for entity, project, query in orb.cloud_queries(groups, env_ids, args.sources.entity, args.sources.project):
+            found.add(cloud.fetch_runs(entity, project, query, args.sources.cache_dir, args.sources.refresh))
     runs = [run for run in found.runs if filters.keep(run)]
     selected = orb.select_groups(runs, groups, env_ids)
     if empty := orb.unmatched(runs, groups, env_ids, selected):
-        if args.check_empty_runs:
+        if args.openrlbenchmark.check_empty_runs:
             raise ValueError("\n".join(empty) + "\n(--no-check-empty-runs leaves such selections out with a warning)")
         found.warnings += empty
         selected = {label: group for label, group in selected.items() if group}
-    name = args.name or (args.output_filename.name if args.output_filename else groups[0].project or args.project)
-    return replace(args, metrics=metrics, x_axis=x_axis, name=name), found, selected
+    stem = args.openrlbenchmark.output_filename
+    name = args.output.name or (stem.name if stem else groups[0].project or args.sources.project)
+    return replace(args, metrics=metrics, x_axis=x_axis, output=replace(args.output, name=name)), found, selected
 
 
 def _print_warnings(warnings: list[str], err: Console) -> None:

@@ -30,27 +30,28 @@ from benchmark.report.results import Results
 from benchmark.report.runs import BROKEN_STATES, Filters, Run, config_value, describe, exp_name, value_matches
 from benchmark.report.sources import Sources, gather
 from benchmark.report.verdict import Comparison, Direction, compare, epsilons, verdict_line
+from benchmark.view import Group, Repeatable, parse_args
 
 FailOn = Literal["worse", "not-equivalent", "never"]
 _GOOD = {"equivalent", "unchanged"}  # what --fail-on not-equivalent lets pass
 
 
 @dataclass
-class CompareArgs(Sources):
+class CompareArgs:
     """Is the candidate better than the baseline? A verdict per metric: better / worse / equivalent /
     inconclusive (changed / unchanged for a metric with no better direction), with how many seeds would settle it."""
 
-    baseline: str = ""
+    baseline: Annotated[str, tyro.conf.arg(metavar="SEL", help_behavior_hint="(required)")] = ""
     """the runs to compare against: a variant, tag:NAME, or KEY=VALUE"""
-    candidate: str = ""
+    candidate: Annotated[str, tyro.conf.arg(metavar="SEL", help_behavior_hint="(required)")] = ""
     """the runs under test: a variant, tag:NAME, or KEY=VALUE"""
     metric: list[str] = field(default_factory=lambda: list(workload.DEFAULT_METRICS))
     """metrics to judge; NAME:higher, NAME:lower or NAME:two-sided sets which way is better"""
     last_n: int = 10
     """a run's score is the mean of its last N logged values"""
-    epsilon: Annotated[list[str], tyro.conf.UseAppendAction] = field(default_factory=list)
-    """the difference below which two sides count as equivalent, in the metric's units: METRIC=VALUE (repeatable),
-    or VALUE for every metric not named; unset: 0.1 for env/reward_mean, 0.5 for objective/kl, else 0.1"""
+    epsilon: Annotated[list[str], Repeatable, tyro.conf.arg(metavar="[METRIC=]VALUE")] = field(default_factory=list)
+    """the difference below which two sides count as equivalent, in the metric's units, for METRIC or every metric
+    not named (unset: 0.1 for env/reward_mean, 0.5 for objective/kl, else 0.1)"""
     alpha: float = 0.05
     """significance level (Holm-corrected across the metrics); intervals are at 1 - alpha"""
     fail_on: FailOn = "never"
@@ -59,15 +60,30 @@ class CompareArgs(Sources):
     """x-axis of the figure's curves"""
     include_crashed: bool = False
     """score crashed and failed runs too"""
-    output_dir: Path | None = None
-    """where compare.md, compare.json and the figure go; unset: results/<baseline>-vs-<candidate>"""
-    asset_url: str | None = None
+    output_dir: Annotated[Path | None, tyro.conf.arg(metavar="DIR", help_behavior_hint="(unset: "
+                                                     "results/BASELINE-vs-CANDIDATE)")] = None
+    """where compare.md, compare.json and the figure go"""
+    asset_url: Annotated[str | None, tyro.conf.arg(metavar="URL", help_behavior_hint="(unset: compare.md names "
+                                                   "the figure in words)")] = None
     """the URL the output folder will be uploaded to: compare.md then shows the figure from there (GitHub cannot
-    show a file beside the comment); unset, compare.md names the figure in words"""
+    show a file beside the comment)"""
+    sources: Annotated[Sources, Group] = field(default_factory=Sources)
+
+
+EXAMPLES = """\
+  # a pull request's runs against main's, tagged by the harness (--auto-tag), failing CI when a metric got worse
+  benchmark compare --entity E --project P --baseline tag:main --candidate tag:pr-12 --fail-on worse
+  # two variants of one sweep, or two refs of a `--ref` sweep
+  benchmark compare --run-dir runs/2026-12-05T10-00-00-peft --baseline gpt2 --candidate gpt2-peft
+  # from an earlier report's table, no W&B at all
+  benchmark compare --from results/peft/results.parquet --baseline "full fine-tuning" --candidate "LoRA (PEFT)"
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(tyro.cli(CompareArgs, args=argv, prog="benchmark compare"))
+    description = " ".join((CompareArgs.__doc__ or "").split())
+    return run(parse_args(CompareArgs, sys.argv[1:] if argv is None else argv, "benchmark compare", description,
+                          EXAMPLES))
 
 
 def select(runs: list[Run], selection: str) -> list[Run]:
@@ -97,10 +113,10 @@ def run(args: CompareArgs, console: Console | None = None) -> int:
 
     if not (args.baseline and args.candidate):
         return fail("name both sides: --baseline SEL --candidate SEL (a variant, tag:NAME or KEY=VALUE)")
-    if problem := args.problem():
+    if problem := args.sources.problem():
         return fail(problem)
     try:
-        found = gather(args, Filters())
+        found = gather(args.sources, Filters())
     except ManifestError as error:
         return fail(str(error))
     usable = [run for run in found.runs if not run.history.empty

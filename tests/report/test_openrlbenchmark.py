@@ -97,7 +97,8 @@ def trl_argv(script: str) -> list[str]:
 
 
 def test_trl_plot_sh_parses_as_openrlbenchmark_reads_it() -> None:
-    args = tyro.cli(ReportArgs, args=trl_argv(PLOT_SH_GRAD_ACCU))
+    report = tyro.cli(ReportArgs, args=trl_argv(PLOT_SH_GRAD_ACCU))
+    args = report.openrlbenchmark
     (group,) = orb.parse_filters(args.filters)
     assert group == orb.FilterGroup(
         entity="huggingface",
@@ -123,31 +124,32 @@ def test_trl_plot_sh_parses_as_openrlbenchmark_reads_it() -> None:
         ),
     )
     assert args.env_ids == [[REWARD_MODEL]] and args.check_empty_runs is False and args.scan_history is True
-    assert (args.pc.ncols, args.pc.ncols_legend) == (2, 1)
+    assert (report.pc.ncols, report.pc.ncols_legend) == (2, 1)
     assert args.output_filename == Path("benchmark/trl/v0.4.7-55-g110e672/gradient_accu")
 
 
 def test_trl_level_plots_parse_tags_strings_and_other_keys() -> None:
-    dpo = tyro.cli(ReportArgs, args=trl_argv(LEVEL1_DPO))
+    dpo = tyro.cli(ReportArgs, args=trl_argv(LEVEL1_DPO)).openrlbenchmark
     (group,) = orb.parse_filters(dpo.filters)
     assert (group.env_id_key, group.exp_name_key) == ("output_dir", "_name_or_path")
     assert group.metrics == ("train/rewards/accuracies", "train/loss")
     assert group.selections[0].exp_name == "gpt2" and group.selections[0].tags == ("v0.11.4-3-gabc1234", "pr-2000")
-    level2 = tyro.cli(ReportArgs, args=trl_argv(LEVEL2))
+    level2 = tyro.cli(ReportArgs, args=trl_argv(LEVEL2)).openrlbenchmark
     (group,) = orb.parse_filters(level2.filters)
     assert [s.label for s in group.selections] == ["ppo", "ppo_gpt2xl_grad_accu"]  # no cl=: the exp name
-    assert tyro.cli(ReportArgs, args=trl_argv(PLOT_SH)).output_filename.name == "sentiment"
+    assert tyro.cli(ReportArgs, args=trl_argv(PLOT_SH)).openrlbenchmark.output_filename.name == "sentiment"
 
 
 def test_repeated_filters_make_groups_and_defaults_are_openrlbenchmarks() -> None:
-    args = tyro.cli(ReportArgs, args=["--filters", "?we=a&wpn=b", "x", "y", "--filters", "?wpn=c&metric=m", "z"])
+    report = tyro.cli(ReportArgs, args=["--filters", "?we=a&wpn=b", "x", "y", "--filters", "?wpn=c&metric=m", "z"])
+    args = report.openrlbenchmark
     assert args.filters == [["?we=a&wpn=b", "x", "y"], ["?wpn=c&metric=m", "z"]]
     first, second = orb.parse_filters(args.filters)
     assert [s.exp_name for s in first.selections] == ["x", "y"] and second.selections[0].exp_name == "z"
     assert (first.x_axis, first.env_id_key, first.exp_name_key) == ("global_step", "env_id", "exp_name")
     assert first.metrics == ("charts/episodic_return",) and second.metrics == ("m",)
     assert (second.entity, second.project) == (None, "c")
-    assert args.check_empty_runs is True and (args.pc.ncols, args.pc.ncols_legend) == (2, 1)
+    assert args.check_empty_runs is True and (report.pc.ncols, report.pc.ncols_legend) == (2, 1)
     assert orb.metrics_and_x_axis([first, second]) == (["charts/episodic_return", "m"], "global_step")
 
 
