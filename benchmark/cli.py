@@ -38,16 +38,13 @@ from benchmark.manifest import (
 from benchmark.plan import ArraySettings, LaunchRequest, Plan, PlanError, make_plan, variant_folder
 from benchmark.redact import Redactor, referenced_secrets
 from benchmark.tags import add_worktree
-from benchmark.view import parse_args, say, say_error, say_note, status_table
+from benchmark.view import Group, Repeatable, parse_args, say, say_error, say_note, status_table
+
 
 # The field types are spelled so that tyro checks the defaults without importing typeguard, which
 # would add a third to the start-up time of every launch: `Optional[X]`, not `X | None`, and a bare
 # `tuple` (of strings, to tyro) for the repeatable flags. No class docstrings: tyro would run them through
 # docstring_parser, a third of the parse time; the groups' titles come from the field names in LaunchArgs.
-Repeatable = tyro.conf.UseAppendAction
-Group = tyro.conf.OmitArgPrefixes
-
-
 def _flag(metavar: str, unset: str | None = None) -> object:
     """A flag's metavar, and what happens when it is not given (instead of tyro's "(default: None)")."""
     return tyro.conf.arg(metavar=metavar, help_behavior_hint=f"(unset: {unset})" if unset else None)
@@ -136,7 +133,6 @@ class LaunchArgs:
     """where the manifest, logs and scripts go"""
     dry_run: bool = False
     """print the plan (commands, GPUs, logs, rendered scripts) and start nothing"""
-    # The groups of --help; their flags keep their own names (no `--slurm.` prefix).
     local_pool: Annotated[LocalPoolArgs, Group] = dataclasses.field(default_factory=LocalPoolArgs)
     slurm: Annotated[SlurmArgs, Group] = dataclasses.field(default_factory=SlurmArgs)
     submitit: Annotated[SubmititArgs, Group] = dataclasses.field(default_factory=SubmititArgs)
