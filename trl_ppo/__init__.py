@@ -3,15 +3,15 @@
     from trl_ppo import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, create_reference_model, set_seed
     from trl_ppo.core import LengthSampler
 
-The names load on first use, so that `python -m trl_ppo.ppo` and the light modules (`offline_assets`) do not
-import the trainer first.
+The names load on first use, so that `python -m trl_ppo.ppo` and the light modules (`config`, `offline_assets`)
+do not import the trainer first.
 """
 
 from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "PPOConfig": "trl_ppo.ppo",
+    "PPOConfig": "trl_ppo.config",
     "PPOTrainer": "trl_ppo.ppo",
     "AutoModelForCausalLMWithValueHead": "trl_ppo.models",
     "create_reference_model": "trl_ppo.models",

@@ -19,7 +19,18 @@ that sentiment. The flags are the classic script's `ScriptArguments`
 (`ppo_config`, `query_dataset`, `use_peft`, `peft_config`, `trust_remote_code`; `use_seq2seq` is refused).
 Under `accelerate launch` or `torchrun` every process trains on its own device and its own `batch_size`
 rollouts; gradients are averaged (DDP).
+
+The flags and PPOConfig live in trl_ppo/config.py, which imports no torch: run as a script, this file parses
+the command line first, above its own imports (seconds of torch, transformers, peft and accelerate), so that
+`--help` and a refused flag answer in a fraction of a second; the loop stays here, in one file.
 """
+
+from trl_ppo.config import REFUSED_SCRIPT_FLAGS, Args, ConfigError, PPOConfig, config_errors, parse
+
+if __name__ == "__main__":
+    # Run as a script: read the command line before the imports below, which take seconds, so that --help and a
+    # refused flag answer at once. main(ARGS) at the end trains.
+    ARGS = parse()
 
 import math
 import os
@@ -29,13 +40,12 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any, Literal
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import tyro
 from accelerate import Accelerator
 from peft import LoraConfig
 from torch.nn.parallel import DistributedDataParallel
@@ -53,190 +63,6 @@ from trl_ppo.models import (
     trainable_fraction,
 )
 from trl_ppo.rewards import CONTROL_TOKENS, SentimentReward, control_rewards, parse_reward_model
-
-
-@dataclass
-class PPOConfig:
-    """The classic trl.PPOConfig fields, with their classic defaults."""
-
-    exp_name: str = "ppo"
-    """experiment name: the W&B group, and the start of the run name"""
-    seed: int = 0
-    """random seed (the top-level --seed overrides it)"""
-    log_with: Literal["wandb", "tensorboard", "none"] | None = None
-    """where to log metrics under the classic names: W&B, or TensorBoard event files (under --output_dir, else
-    ./runs); None (classic TRL's default) or none logs nothing"""
-    tracker_project_name: str = "trl"
-    """W&B project"""
-    model_name: str = "lvwerra/gpt2-imdb"
-    """policy: a causal LM hub name or local folder"""
-    query_dataset: Annotated[str, tyro.conf.arg(aliases=("--query_dataset",))] = "imdb"
-    """prompts: a dataset name or folder for `datasets.load_dataset`, with a `text` column"""
-    reward_model: str = "sentiment-analysis:lvwerra/distilbert-imdb"
-    """reward: `<pipeline task>:<model>`; the score is the model's POSITIVE logit"""
-    steps: int | None = None
-    """cap on the rollouts to train on: at most ceil(steps / batch_size) PPO steps. By default, and never
-    more than, one pass over the prompts, as the classic script's loop over its dataloader (drop_last)"""
-    learning_rate: float = 1.41e-5
-    """Adam learning rate"""
-    adap_kl_ctrl: bool = True
-    """adapt the KL coefficient to keep KL near `target`; otherwise keep `init_kl_coef`"""
-    init_kl_coef: float = 0.2
-    """initial coefficient of the per-token KL penalty"""
-    kl_penalty: core.KLPenalty = "kl"
-    """KL estimator: kl (log p - log q), abs, mse (half squared difference), full (exact, whole vocab)"""
-    target: float = 6.0
-    """target KL (summed over a response) of the adaptive controller"""
-    horizon: float = 10000
-    """rollouts over which the adaptive controller makes one full correction"""
-    gamma: float = 1.0
-    """discount"""
-    lam: float = 0.95
-    """GAE lambda"""
-    cliprange: float = 0.2
-    """policy ratio clip range"""
-    cliprange_value: float = 0.2
-    """value clip range"""
-    vf_coef: float = 0.1
-    """weight of the value loss"""
-    batch_size: int = 128
-    """rollouts per PPO step (per process)"""
-    mini_batch_size: int = 128
-    """rollouts per forward/backward pass"""
-    gradient_accumulation_steps: int = 1
-    """mini batches accumulated into one optimiser step"""
-    ppo_epochs: int = 4
-    """passes over each batch of rollouts"""
-    early_stopping: bool = False
-    """stop a PPO step's epochs once the policy KL exceeds 1.5 x target_kl"""
-    target_kl: float = 6.0
-    """policy KL bound for early_stopping"""
-    max_grad_norm: float | None = None
-    """clip the gradient norm to this (no clipping if unset)"""
-    whiten_rewards: bool = False
-    """whiten the per-token rewards (over the response tokens) before computing advantages"""
-    ratio_threshold: float = 10.0
-    """skip a mini batch (zero its loss, with a warning) whose mean policy ratio exceeds this"""
-    use_score_scaling: bool = False
-    """divide the scores by the running standard deviation of all scores so far"""
-    use_score_norm: bool = False
-    """with use_score_scaling, also subtract the running mean"""
-    score_clip: float | None = None
-    """clip the (scaled) scores to [-score_clip, score_clip]"""
-    # Classic TRL flags accepted so that its command lines run; they change nothing here.
-    task_name: str | None = None
-    """accepted for classic command lines; not used"""
-    remove_unused_columns: bool = True
-    """PPOTrainer's dataloader drops the columns of a `datasets.Dataset` other than input_ids, attention_mask,
-    label, query and response (the script's prompts never go through it)"""
-    optimize_cuda_cache: bool | None = None
-    """accepted for classic command lines; not used (nothing to free between passes)"""
-    optimize_device_cache: bool = False
-    """accepted for classic command lines; not used (nothing to free between passes)"""
-    compare_steps: int = 1
-    """accepted for classic command lines; not used (it paces push_to_hub_if_best_kwargs)"""
-    dataset_num_proc: int | None = None
-    """accepted for classic command lines; not used (the prompts are tokenised once, in one call)"""
-
-
-# Classic PPOConfig flags that would change a run in a way this implementation does not offer.
-REFUSED_CLASSIC_FLAGS = {
-    "tracker_kwargs": "W&B settings come from WANDB_* variables (the harness sets them)",
-    "accelerator_kwargs": "there is no Accelerator object; launch with `accelerate launch` or `torchrun`",
-    "project_kwargs": "there is no Accelerator project; W&B settings come from WANDB_* variables",
-    "push_to_hub_if_best_kwargs": "nothing is pushed to the hub; use --output_dir",
-    "forward_batch_size": "removed in classic TRL too; use --ppo_config.mini_batch_size",
-    "gradient_checkpointing": "not implemented",
-}
-
-
-@dataclass
-class LoraArgs:
-    """The classic script's `peft_config`: LoraConfig(r=16, lora_alpha=16, bias="none", task_type="CAUSAL_LM")."""
-
-    r: Annotated[int, tyro.conf.arg(aliases=("--lora_r",))] = 16
-    """LoRA rank"""
-    lora_alpha: Annotated[int, tyro.conf.arg(aliases=("--lora_alpha",))] = 16
-    """LoRA alpha"""
-    target_modules: Annotated[list[str] | None, tyro.conf.arg(aliases=("--lora_target_modules",))] = None
-    """modules that get adapters, e.g. `c_attn lm_head`; by default PEFT's choice for the model (GPT-2: c_attn)"""
-    bias: Literal["none", "all", "lora_only"] = "none"
-    """which biases train"""
-    task_type: Literal["CAUSAL_LM"] = "CAUSAL_LM"
-    """the PEFT task (causal LMs only)"""
-
-    def build(self) -> LoraConfig:
-        return LoraConfig(r=self.r, lora_alpha=self.lora_alpha, target_modules=self.target_modules, bias=self.bias,
-                          task_type=self.task_type)
-
-
-# Flags of the classic script that this implementation refuses, with the reason.
-REFUSED_SCRIPT_FLAGS = {
-    "use_seq2seq": "encoder-decoder (seq2seq) policies are not supported; use a causal LM",
-}
-
-
-@dataclass
-class Args:
-    """PPO sentiment tuning; the flags of TRL's classic sentiment example (examples/scripts/ppo.py)."""
-
-    ppo_config: PPOConfig = field(default_factory=PPOConfig)
-    task: Literal["sentiment", "control"] = "sentiment"
-    """sentiment: reward positive reviews (the gpt2-sentiment notebook); control: each query starts with a
-    random [negative], [neutral] or [positive] and the reward pays for the sentiment it asks for (gpt2-control),
-    logged per token as env/reward_mean/negative, ..."""
-    seed: int | None = None
-    """overrides ppo_config.seed (the benchmark harness appends it)"""
-    use_seq2seq: bool = False
-    """refused: encoder-decoder (seq2seq) policies are not supported"""
-    use_peft: bool = False
-    """train LoRA adapters instead of the whole model; the reference is the model with adapters off"""
-    peft_config: LoraArgs = field(default_factory=LoraArgs)
-    trust_remote_code: bool = False
-    """passed to the policy's from_pretrained (as in the classic script): run the model's own code from the hub"""
-    max_new_tokens: int = 32
-    """tokens generated per response"""
-    query_min_length: int = 2
-    """shortest query, in tokens"""
-    query_max_length: int = 8
-    """query lengths are drawn from [query_min_length, query_max_length), as in TRL's LengthSampler"""
-    bf16: bool = False
-    """run generation and forward passes under bfloat16 autocast (weights and optimiser stay float32)"""
-    output_dir: str | None = None
-    """save the trained policy (or its adapters) with its value head, and the tokenizer, here (as classic TRL
-    saves them: AutoModelForCausalLMWithValueHead.from_pretrained loads the folder back)"""
-    table_every: int = 10
-    """log a table of queries, responses and rewards every this many steps"""
-
-
-class ConfigError(ValueError):
-    """Settings that cannot work together; raised before anything loads."""
-
-
-def config_errors(cfg: PPOConfig) -> list[str]:
-    """What is wrong with a PPOConfig (empty when nothing is)."""
-    backward_batch = cfg.mini_batch_size * cfg.gradient_accumulation_steps
-    checks = [
-        (cfg.batch_size > 0 and cfg.mini_batch_size > 0 and cfg.gradient_accumulation_steps > 0,
-         "batch_size, mini_batch_size and gradient_accumulation_steps must be positive"),
-        (cfg.batch_size % backward_batch == 0,
-         f"batch_size ({cfg.batch_size}) must be a multiple of mini_batch_size x gradient_accumulation_steps "
-         f"({cfg.mini_batch_size} x {cfg.gradient_accumulation_steps} = {backward_batch})"),
-        ((cfg.steps is None or cfg.steps > 0) and cfg.ppo_epochs > 0, "steps and ppo_epochs must be positive"),
-        (cfg.ratio_threshold > 0, "ratio_threshold must be positive"),
-        (cfg.score_clip is None or cfg.score_clip > 0, "score_clip must be positive"),
-        (cfg.learning_rate > 0, "learning_rate must be positive"),
-        (cfg.init_kl_coef >= 0, "init_kl_coef must not be negative"),
-        (not cfg.adap_kl_ctrl or (cfg.target > 0 and cfg.horizon > 0),
-         "the adaptive KL controller needs target > 0 and horizon > 0"),
-        (cfg.cliprange > 0 and cfg.cliprange_value > 0, "cliprange and cliprange_value must be positive"),
-        (0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1, "gamma and lam must lie in [0, 1]"),
-        (not cfg.early_stopping or cfg.target_kl > 0, "early_stopping needs target_kl > 0"),
-        (cfg.max_grad_norm is None or cfg.max_grad_norm > 0, "max_grad_norm must be positive"),
-        (cfg.log_with in ("wandb", "tensorboard", "none", None),
-         f"log_with must be wandb, tensorboard or none, got {cfg.log_with!r}"),
-    ]
-    return [message for ok, message in checks if not ok]
 
 
 def validate(args: Args) -> None:
@@ -391,6 +217,16 @@ def with_full_sampling(defaults: GenerationConfig, kwargs: dict[str, Any]) -> di
     fast = {k: v for k, v in kwargs.items() if k not in ("do_sample", "top_k", "top_p", "temperature")}
     return {**fast, "do_sample": False, "logits_processor": LogitsProcessorList(
         [*kwargs.get("logits_processor", []), FullSampling()])}
+
+
+def duration(seconds: float) -> str:
+    """45s, 3m12s or 2h05m: short enough for every step's line."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def clock(device: torch.device) -> float:
@@ -834,7 +670,7 @@ def load_policy(
     """As the classic script: the policy with a value head (`--trust_remote_code` passed to its from_pretrained),
     and the reference: with --use_peft none (the policy with its LoRA adapters off), else a frozen copy."""
     policy = AutoModelForCausalLMWithValueHead.from_pretrained(
-        args.ppo_config.model_name, peft_config=args.peft_config.build() if args.use_peft else None,
+        args.ppo_config.model_name, peft_config=LoraConfig(**asdict(args.peft_config)) if args.use_peft else None,
         dtype=torch.float32, trust_remote_code=args.trust_remote_code,
     ).to(device)
     return policy, None if args.use_peft else create_reference_model(policy)
@@ -880,6 +716,7 @@ def train(args: Args) -> list[dict[str, float]]:
     n_steps = run_length(len(reviews), cfg.batch_size, world, cfg.steps)
     history = []
     samples_so_far = tokens_so_far = 0  # over every process: the x-axes of a report besides the step
+    t_train = time.perf_counter()
     for step, rows in enumerate(batches(len(reviews), cfg.batch_size, n_steps, cfg.seed, rank, world)):
         t_start = clock(device)
 
@@ -933,8 +770,11 @@ def train(args: Args) -> list[dict[str, float]]:
         if rank == 0:
             per_token = "".join(f" ({k.rsplit('/', 1)[1]} {v:.3f})" for k, v in metrics.items()
                                 if k.startswith("env/reward_mean/"))
+            elapsed = t_end - t_train
+            eta = elapsed / (step + 1) * (n_steps - step - 1)  # the steps left at the mean pace so far
             print(f"step {step + 1}/{n_steps}: reward {metrics['env/reward_mean']:.3f}{per_token}, "
-                  f"kl {metrics['objective/kl']:.3f}, {metrics['perf/samples_per_s']:.1f} samples/s", flush=True)
+                  f"kl {metrics['objective/kl']:.3f}, {metrics['perf/samples_per_s']:.1f} samples/s, "
+                  f"{duration(elapsed)} elapsed, eta {duration(eta)}", flush=True)
 
         if run is not None:
             import wandb
@@ -962,29 +802,7 @@ def train(args: Args) -> list[dict[str, float]]:
     return history
 
 
-def parse(argv: list[str] | None = None) -> Args:
-    """The command line as TRL's examples spelled it (`--ppo_config.mini_batch_size`, `--use_peft`,
-    `--query_dataset`, `--peft_config.r`).
-
-    Classic flags that this implementation cannot honour are refused by name (exit 2).
-    """
-    for token in sys.argv[1:] if argv is None else argv:
-        flag = token.split("=")[0]
-        name = flag.removeprefix("--ppo_config.").removeprefix("--ppo-config.").replace("-", "_")
-        if token.startswith(("--ppo_config.", "--ppo-config.")) and name in REFUSED_CLASSIC_FLAGS:
-            print(f"error: {flag} (a classic TRL flag) is not supported: {REFUSED_CLASSIC_FLAGS[name]}",
-                  file=sys.stderr)
-            sys.exit(2)
-        name = flag.removeprefix("--").replace("-", "_")
-        if flag.startswith("--") and name in REFUSED_SCRIPT_FLAGS:
-            print(f"error: {flag} (a classic TRL flag) is not supported: {REFUSED_SCRIPT_FLAGS[name]}",
-                  file=sys.stderr)
-            sys.exit(2)
-    return tyro.cli(Args, args=argv, use_underscores=True)
-
-
-def main() -> None:
-    args = parse()
+def main(args: Args) -> None:
     try:
         train(args)
     except ConfigError as e:
@@ -992,4 +810,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -8,7 +8,7 @@ The seed's command lines work as they are, from the repository root or anywhere 
     python examples/scripts/ppo.py --use_peft --peft_config.r 16 --ppo_config.log_with tensorboard
 
 The flags (tyro `ScriptArguments`: `ppo_config`, `query_dataset`, `use_seq2seq`, `use_peft`, `peft_config`,
-`trust_remote_code`) and the training loop are `trl_ppo.ppo`'s: one implementation, `python -m trl_ppo.ppo`.
+`trust_remote_code`; in trl_ppo.config) and the training loop are `python -m trl_ppo.ppo`'s: one implementation.
 """
 
 import sys
@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from trl_ppo.ppo import main  # noqa: E402
+from trl_ppo.config import parse  # noqa: E402
 
 if __name__ == "__main__":
-    main()
+    args = parse(prog="python examples/scripts/ppo.py")  # before the trainer's imports: --help answers at once
+    from trl_ppo.ppo import main
+
+    main(args)
