@@ -109,8 +109,8 @@ class ReportArgs:
     metrics: list[str] = field(default_factory=lambda: list(workload.DEFAULT_METRICS))
     """metrics to plot, one panel each, and to tabulate, a final value each"""
     x_axis: str = "_step"
-    """x-axis of the static figures and the page's first: _step, _samples (rollouts), _tokens (response tokens),
-    _runtime (wall time), or any logged metric; the page offers the others too"""
+    """x-axis of the static figures and the page's first: _step, _samples (rollouts), _tokens (response
+    tokens), _runtime (wall time), or any logged metric; the page offers the others too"""
     group_by: Annotated[str | None, tyro.conf.arg(metavar="KEY", help_behavior_hint="(unset: the exp name, "
                                                   "exp_name or trl_ppo_trainer_config.exp_name)")] = None
     """config key whose value makes a variant, or tag:A,B (each run in the group of the first of these tags it

@@ -4,6 +4,7 @@ event files, the W&B cloud, a harness run dir, and earlier reports' results.parq
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -12,37 +13,38 @@ import tyro
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from benchmark.manifest import Manifest
-from benchmark.report import cloud, offline, rundir, tensorboard
+from benchmark.report import cloud, offline, rundir
 from benchmark.report.results import Results
 from benchmark.report.runs import Filters, Found, Run, exp_name
-
-Repeatable = tyro.conf.UseAppendAction
+from benchmark.view import Repeatable
 
 
 @dataclass
 class Sources:
     """Where runs come from; `benchmark report` and `benchmark compare` read the same."""
 
-    wandb_dir: Annotated[list[Path], Repeatable] = field(default_factory=list)
-    """a folder holding wandb's offline-run-*/run-* folders, or one such folder; LABEL=FOLDER names its runs'
-    variants 'VARIANT (LABEL)', so that two sources' same variant stay apart"""
-    tensorboard_dir: Annotated[list[Path], Repeatable] = field(default_factory=list)
-    """a folder of TensorBoard runs (folders of event files), searched recursively; LABEL=FOLDER as --wandb-dir"""
-    run_name_pattern: str | None = None
-    """regex the whole name of a TensorBoard run's folder must match, with groups (?P<variant>...) and (?P<seed>...);
-    unset or unmatched: trl_ppo's <variant>__<seed>__<time>"""
-    from_results: Annotated[list[str], Repeatable, tyro.conf.arg(name="from")] = field(default_factory=list)
-    """an earlier report's results.parquet, as [LABEL=]PATH (repeatable): its runs again, with no W&B at all; with
-    a LABEL its variants are named 'VARIANT (LABEL)', so two sources' same variant stay apart"""
-    entity: str | None = None
+    wandb_dir: Annotated[list[Path], Repeatable, tyro.conf.arg(metavar="[LABEL=]DIR")] = field(default_factory=list)
+    """a folder holding wandb's offline-run-*/run-* folders, or one such folder; a LABEL names its runs' variants
+    VARIANT (LABEL), so that two sources' same variant stay apart"""
+    tensorboard_dir: Annotated[list[Path], Repeatable, tyro.conf.arg(metavar="[LABEL=]DIR")] = field(
+        default_factory=list)
+    """a folder of TensorBoard runs (folders of event files), searched recursively; LABEL as for --wandb-dir"""
+    run_name_pattern: Annotated[str | None, tyro.conf.arg(
+        metavar="REGEX", help_behavior_hint="(unset or unmatched: trl_ppo's <variant>__<seed>__<time>)")] = None
+    """regex the whole name of a TensorBoard run's folder must match, with groups (?P<variant>...) and (?P<seed>...)"""
+    from_results: Annotated[list[str], Repeatable, tyro.conf.arg(name="from", metavar="[LABEL=]PATH")] = field(
+        default_factory=list)
+    """an earlier report's results.parquet: its runs again, with no W&B at all; a LABEL names its variants
+    VARIANT (LABEL), so two sources' same variant stay apart"""
+    entity: Annotated[str | None, tyro.conf.arg(metavar="ENTITY", help_behavior_hint="(unset: none)")] = None
     """W&B entity of the cloud runs (with --project)"""
-    project: str | None = None
+    project: Annotated[str | None, tyro.conf.arg(metavar="PROJECT", help_behavior_hint="(unset: none)")] = None
     """W&B project of the cloud runs (with --entity)"""
-    run_dir: Path | None = None
+    run_dir: Annotated[Path | None, tyro.conf.arg(metavar="RUN_DIR", help_behavior_hint="(unset: none)")] = None
     """a harness run dir: its variants and expected seeds, and where each job's W&B run is"""
     refresh: bool = False
     """refetch cloud runs even when cached"""
-    cache_dir: Path = field(default_factory=cloud.default_cache_dir)
+    cache_dir: Annotated[Path, tyro.conf.arg(metavar="DIR")] = field(default_factory=cloud.default_cache_dir)
     """where fetched cloud runs are cached"""
 
     def problem(self) -> str | None:
@@ -51,7 +53,15 @@ class Sources:
             return "name a source: --wandb-dir, --tensorboard-dir, --from, --entity/--project or --run-dir"
         if self.project and not self.entity:
             return "--project needs --entity"
+        # tensorboard (with grpcio and its data server, ~55 MB) is not in the base install: the module that reads
+        # with it is imported only where TensorBoard runs are asked for.
+        wants_tensorboard = self.tensorboard_dir or self.run_name_pattern is not None
+        if wants_tensorboard and importlib.util.find_spec("tensorboard") is None:
+            return ("reading TensorBoard runs (--tensorboard-dir, --run-name-pattern) needs the tensorboard package, "
+                    "which the base install leaves out: pip install tensorboard")
         if self.run_name_pattern is not None:
+            from benchmark.report import tensorboard
+
             try:
                 tensorboard.run_name_pattern(self.run_name_pattern)
             except ValueError as error:
@@ -91,6 +101,8 @@ def gather(args: Sources, filters: Filters) -> Found:
             if manifest is None:
                 _name_by_source(found.runs, {r.id: labelled.get(r.source) for r in found.runs})
         for item in args.tensorboard_dir:
+            from benchmark.report import tensorboard  # optional: see Sources.problem
+
             label, directory = _labelled(str(item))
             progress.add_task(f"reading TensorBoard runs in {directory}", total=None)
             here = Found()
