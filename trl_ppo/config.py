@@ -5,6 +5,7 @@ take seconds: `python -m trl_ppo.ppo --help` and a refused flag answer from this
 trainer loads. `from trl_ppo import PPOConfig` and `from trl_ppo.ppo import PPOConfig` give this module's class.
 """
 
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -239,6 +240,17 @@ def parse(argv: list[str] | None = None, prog: str = "python -m trl_ppo.ppo") ->
             if done.code == 0 and not {"-h", "--help"}.isdisjoint(argv):
                 print(f"\n{EXAMPLES.format(prog=prog)}", flush=True)
             raise
+
+
+# The `ppo` extra: what `pip install trl-benchmark` (the harness alone) leaves out and the trainer imports.
+WORKLOAD_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets")
+
+
+def require_workload() -> None:
+    """Exit with the install line when the trainer's packages are missing, instead of an import traceback."""
+    if missing := [name for name in WORKLOAD_PACKAGES if importlib.util.find_spec(name) is None]:
+        sys.exit(f"error: trl_ppo's trainer needs {', '.join(missing)}, which the base install of trl-benchmark "
+                 'leaves out: pip install "trl-benchmark[ppo]"')
 
 
 @contextmanager

@@ -25,12 +25,13 @@ the command line first, above its own imports (seconds of torch, transformers, p
 `--help` and a refused flag answer in a fraction of a second; the loop stays here, in one file.
 """
 
-from trl_ppo.config import REFUSED_SCRIPT_FLAGS, Args, ConfigError, PPOConfig, config_errors, parse
+from trl_ppo.config import REFUSED_SCRIPT_FLAGS, Args, ConfigError, PPOConfig, config_errors, parse, require_workload
 
 if __name__ == "__main__":
     # Run as a script: read the command line before the imports below, which take seconds, so that --help and a
     # refused flag answer at once. main(ARGS) at the end trains.
     ARGS = parse()
+    require_workload()
 
 import math
 import os

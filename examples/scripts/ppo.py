@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from trl_ppo.config import parse  # noqa: E402
+from trl_ppo.config import parse, require_workload  # noqa: E402
 
 if __name__ == "__main__":
     args = parse(prog="python examples/scripts/ppo.py")  # before the trainer's imports: --help answers at once
+    require_workload()
     from trl_ppo.ppo import main
 
     main(args)

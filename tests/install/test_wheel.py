@@ -83,4 +83,10 @@ def test_the_base_install_runs_sweeps_reports_and_compares_without_torch(tmp_pat
     assert tensorboard.returncode == 2 and "pip install tensorboard" in tensorboard.stderr, tensorboard.stderr
 
     assert looked_for(env) == []
+    # The workload's flags are there; its trainer asks for the extra by name.
+    ppo_help = run("python", "-m", "trl_ppo.ppo", "--help")
+    assert ppo_help.returncode == 0 and "--ppo_config.model_name" in ppo_help.stdout, ppo_help.stderr
+    ppo = run("python", "-m", "trl_ppo.ppo", "--ppo_config.steps", "1")
+    assert ppo.returncode == 1 and 'pip install "trl-benchmark[ppo]"' in ppo.stderr, ppo.stderr
+    assert "Traceback" not in ppo.stderr
     print(f"all in {time.monotonic() - started:.0f} s")
