@@ -71,3 +71,9 @@ def test_help_into_a_closed_pipe_ends_quietly(argv: list[str]) -> None:
         stderr = process.stderr.read()
     assert process.returncode == 0, stderr
     assert stderr == ""
+
+
+def test_the_readme_quotes_the_start_of_benchmark_help(tmp_path: Path) -> None:
+    quoted = (REPO / "README.md").read_text().split("`benchmark --help` starts with what it can do:\n\n", 1)[1]
+    block = [line.removeprefix("    ") for line in quoted.split("\n\nthen ", 1)[0].splitlines()]
+    assert run_cli("--help", cwd=tmp_path).stdout.splitlines()[: len(block)] == block
