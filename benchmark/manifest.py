@@ -318,6 +318,10 @@ def own_run_dir(run_dir: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
+        # The holder stamps the lock just after taking it: an empty stamp is one about to be written.
+        deadline = time.monotonic() + 1.0
+        while (stamp := held_by(path)) is not None and not stamp.strip() and time.monotonic() < deadline:
+            time.sleep(0.01)
         owner = run_dir_owner(run_dir)
         who = f"pid {owner[0]} (started {owner[1]})" if owner else "another process"
         raise RunDirBusy(f"{run_dir} is in use by {who}: wait for it, or stop it with `benchmark cancel "

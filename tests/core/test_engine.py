@@ -7,6 +7,9 @@ engine's fault point, after which the manifest's file (and its lock) is dropped 
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import pytest
 from benchmark import engine
 from benchmark.backends import BackendError, Scheduler
 from benchmark.engine import Sweep
-from benchmark.manifest import COMPLETED, FollowUpRecord, JobRecord, Manifest, Record, RunDirBusy
+from benchmark.manifest import COMPLETED, LOCK_NAME, FollowUpRecord, JobRecord, Manifest, Record, RunDirBusy
 from benchmark.plan import Plan, SlurmSettings, Variant
 
 
@@ -151,3 +154,18 @@ def test_a_second_owner_is_refused(tmp_path: Path) -> None:
         Manifest.load(manifest.run_dir, own=True)
     manifest.close()
     Manifest.load(manifest.run_dir, own=True).close()
+
+
+def test_a_second_owner_is_told_who_owns_the_run_dir_while_the_stamp_is_being_written(tmp_path: Path) -> None:
+    """Between taking the lock and stamping it the owner's stamp is empty: the refused one waits for the stamp."""
+    manifest = sweep_dir(tmp_path)
+    manifest.close()
+    holder = os.open(manifest.run_dir / LOCK_NAME, os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    os.ftruncate(holder, 0)
+    stamping = threading.Timer(0.2, os.pwrite, (holder, b"4242 2026-12-05 13:00:00\n", 0))
+    stamping.start()
+    with pytest.raises(RunDirBusy, match="is in use by pid 4242"):
+        Manifest.load(manifest.run_dir, own=True)
+    stamping.join()
+    os.close(holder)
