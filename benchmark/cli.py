@@ -38,21 +38,16 @@ from benchmark.manifest import (
 from benchmark.plan import ArraySettings, LaunchRequest, Plan, PlanError, make_plan, variant_folder
 from benchmark.redact import Redactor, referenced_secrets
 from benchmark.tags import add_worktree
-from benchmark.view import Group, Repeatable, parse_args, say, say_error, say_note, status_table
+from benchmark.view import Group, Repeatable, flag, parse_args, say, say_error, say_note, status_table
 
 
 # The field types are spelled so that tyro checks the defaults without importing typeguard, which
 # would add a third to the start-up time of every launch: `Optional[X]`, not `X | None`, and a bare
 # `tuple` (of strings, to tyro) for the repeatable flags. No class docstrings: tyro would run them through
 # docstring_parser, a third of the parse time; the groups' titles come from the field names in LaunchArgs.
-def _flag(metavar: str, unset: str | None = None) -> object:
-    """A flag's metavar, and what happens when it is not given (instead of tyro's "(default: None)")."""
-    return tyro.conf.arg(metavar=metavar, help_behavior_hint=f"(unset: {unset})" if unset else None)
-
-
 @dataclass
 class LocalPoolArgs:
-    gpus: Annotated[Optional[str], _flag("IDS", "CUDA_VISIBLE_DEVICES, else nvidia-smi, else none")] = None
+    gpus: Annotated[Optional[str], flag("IDS", "CUDA_VISIBLE_DEVICES, else nvidia-smi, else none")] = None
     """GPU ids for the local pool, e.g. 0,1,2"""
     gpus_per_job: int = 1
     """GPUs each local job gets (when GPUs exist)"""
@@ -65,28 +60,28 @@ class LocalPoolArgs:
 @dataclass
 class SlurmArgs:
     slurm_template_path: Annotated[
-        Optional[str], _flag("PATH", "the local pool; with --backend slurm, the shipped trl.slurm_template")
+        Optional[str], flag("PATH", "the local pool; with --backend slurm, the shipped trl.slurm_template")
     ] = None
     """a jinja2 Slurm template: run the jobs as Slurm job arrays, submitted with sbatch"""
-    slurm_gpus_per_task: Annotated[Optional[int], _flag("INT")] = 1
+    slurm_gpus_per_task: Annotated[Optional[int], flag("INT")] = 1
     """GPUs per Slurm task"""
-    slurm_total_cpus: Annotated[Optional[int], _flag("INT")] = 50
+    slurm_total_cpus: Annotated[Optional[int], flag("INT")] = 50
     """CPUs of one job, split over its GPUs (the template's cpus_per_gpu)"""
-    slurm_ntasks: Annotated[Optional[int], _flag("INT")] = 1
+    slurm_ntasks: Annotated[Optional[int], flag("INT")] = 1
     """Slurm tasks per job"""
-    slurm_nodes: Annotated[Optional[int], _flag("INT", "no --nodes line")] = None
+    slurm_nodes: Annotated[Optional[int], flag("INT", "no --nodes line")] = None
     """Slurm nodes per job"""
-    slurm_partition: Annotated[Optional[str], _flag("NAME", "the cluster's default")] = None
+    slurm_partition: Annotated[Optional[str], flag("NAME", "the cluster's default")] = None
     """Slurm partition"""
-    slurm_time: Annotated[Optional[str], _flag("TIME", "the partition's limit")] = None
+    slurm_time: Annotated[Optional[str], flag("TIME", "the partition's limit")] = None
     """Slurm time limit, e.g. 2:00:00"""
-    slurm_mem: Annotated[Optional[str], _flag("SIZE", "the cluster's default")] = None
+    slurm_mem: Annotated[Optional[str], flag("SIZE", "the cluster's default")] = None
     """Slurm memory per node, e.g. 64G"""
-    slurm_extra: Annotated[tuple, Repeatable, _flag("OPTION")] = ()
+    slurm_extra: Annotated[tuple, Repeatable, flag("OPTION")] = ()
     """one more #SBATCH option, e.g. --constraint=h100"""
-    slurm_setup: Annotated[tuple, Repeatable, _flag("LINE")] = ()
+    slurm_setup: Annotated[tuple, Repeatable, flag("LINE")] = ()
     """a shell line run before the command, e.g. 'module load cuda/12.1'"""
-    then: Annotated[Optional[str], _flag("COMMAND", "none")] = None
+    then: Annotated[Optional[str], flag("COMMAND", "none")] = None
     """a follow-up command (e.g. the report) that runs after every task has ended"""
     wait: bool = False
     """stay until every task has ended, with a live view; exit non-zero if any failed (submitit too)"""
@@ -105,13 +100,13 @@ class SubmititArgs:
 class WandbArgs:
     auto_tag: bool = True
     """add the git tag (and `pr-N` when known locally) to each job's WANDB_TAGS"""
-    pr: Annotated[Optional[int], _flag("N", "GITHUB_REF's or CI_MERGE_REQUEST_IID's, if any")] = None
+    pr: Annotated[Optional[int], flag("N", "GITHUB_REF's or CI_MERGE_REQUEST_IID's, if any")] = None
     """the pull request number to tag runs with (`pr-N`)"""
 
 
 @dataclass
 class LaunchArgs:
-    command: Annotated[tuple, Repeatable, _flag("CMD")] = ()
+    command: Annotated[tuple, Repeatable, flag("CMD")] = ()
     """the command to run; repeat the flag for variants (`name=CMD` names one explicitly)"""
     num_seeds: int = 3
     """the number of seeds to run each command with"""
@@ -124,12 +119,12 @@ class LaunchArgs:
     with a Slurm template writes the scripts under the run dir and submits nothing"""
     backend: Literal["auto", "local", "slurm", "submitit"] = "auto"
     """where jobs run; auto: Slurm when --slurm-template-path is given, else the local pool"""
-    ref: Annotated[tuple, Repeatable, _flag("REF")] = ()
+    ref: Annotated[tuple, Repeatable, flag("REF")] = ()
     """run the command at this git ref too: a variant per ref, named after its `git describe`, run in a worktree of
     its own under the run dir with PYTHONPATH set to it"""
     max_retries: int = 0
     """run a failed job again up to this many times (Slurm and submitit: under --wait)"""
-    run_dir: Annotated[Optional[Path], _flag("DIR", "runs/<UTC time>-<name>")] = None
+    run_dir: Annotated[Optional[Path], flag("DIR", "runs/<UTC time>-<name>")] = None
     """where the manifest, logs and scripts go"""
     dry_run: bool = False
     """print the plan (commands, GPUs, logs, rendered scripts) and start nothing"""
@@ -140,14 +135,14 @@ class LaunchArgs:
 
     def request(self) -> LaunchRequest:
         """The flags of every group, by name, as the plan takes them."""
-        groups = (self, self.local_pool, self.slurm, self.submitit, self.wandb)
+        groups = [self, *(g for f in dataclasses.fields(self) if dataclasses.is_dataclass(g := getattr(self, f.name)))]
         given = {f.name: getattr(group, f.name) for group in groups for f in dataclasses.fields(group)}
         return LaunchRequest(**{f.name: given[f.name] for f in dataclasses.fields(LaunchRequest)})
 
 
 @dataclass
 class RunDirArgs:
-    run_dir: Annotated[Path, tyro.conf.Positional, _flag("RUN_DIR")]
+    run_dir: Annotated[Path, tyro.conf.Positional, flag("RUN_DIR")]
     """a run dir made by `benchmark`"""
 
 
@@ -159,9 +154,9 @@ class StatusArgs(RunDirArgs):
 
 @dataclass
 class ResumeArgs(RunDirArgs):
-    workers: Annotated[Optional[int], _flag("INT", "as launched")] = None
+    workers: Annotated[Optional[int], flag("INT", "as launched")] = None
     """jobs at once"""
-    max_retries: Annotated[Optional[int], _flag("INT", "as launched")] = None
+    max_retries: Annotated[Optional[int], flag("INT", "as launched")] = None
     """retries of a failed job"""
 
 
@@ -367,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
             return compare_main(argv[1:])
         if argv and argv[0] in _SUBCOMMANDS:
             sub = _SUBCOMMANDS[argv[0]]
-            return sub.handler(parse_args(sub.args, argv[1:], f"benchmark {argv[0]}", sub.description, sub.examples))
-        return launch(parse_args(LaunchArgs, argv, "benchmark", _LAUNCH_DESCRIPTION, _LAUNCH_EXAMPLES), argv)
+            return sub.handler(parse_args(sub.args, argv[1:], f"benchmark {argv[0]}", sub.examples, sub.description))
+        return launch(parse_args(LaunchArgs, argv, "benchmark", _LAUNCH_EXAMPLES, _LAUNCH_DESCRIPTION), argv)
     except (PlanError, ManifestError, BackendError) as error:
         say_error(f"error: {error}")
         return 2

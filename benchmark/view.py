@@ -35,6 +35,11 @@ Repeatable = tyro.conf.UseAppendAction
 Group = tyro.conf.OmitArgPrefixes
 
 
+def flag(metavar: str | None = None, unset: str | None = None) -> object:
+    """A flag's metavar, and what happens when it is not given (instead of tyro's "(default: None)")."""
+    return tyro.conf.arg(metavar=metavar, help_behavior_hint=f"(unset: {unset})" if unset else None)
+
+
 def _join_lines(text: str, _join: Callable[[str], str] = tyro._strings.remove_single_line_breaks) -> str:
     return _join(tyro._strings.dedent(text))
 
@@ -44,8 +49,10 @@ def _join_lines(text: str, _join: Callable[[str], str] = tyro._strings.remove_si
 tyro._strings.remove_single_line_breaks = _join_lines
 
 
-def parse_args(cls: type[Args], argv: list[str], prog: str, description: str, examples: str) -> Args:
-    """tyro's parse of a command line; its --help ends with EXAMPLES (tyro has no epilog of its own)."""
+def parse_args(cls: type[Args], argv: list[str], prog: str, examples: str, description: str | None = None) -> Args:
+    """tyro's parse of a command line; its --help starts with `description` (by default the class's docstring, one
+    paragraph) and ends with `examples` (tyro has no epilog of its own)."""
+    description = description or " ".join((cls.__doc__ or "").split())
     try:
         return tyro.cli(cls, args=argv, prog=prog, description=description)
     except SystemExit as stop:

@@ -17,7 +17,6 @@ from typing import Annotated
 
 import numpy as np
 import pandas as pd
-import tyro
 from rich.console import Console
 from rich.markup import escape
 
@@ -42,20 +41,20 @@ from benchmark.report.runs import (
     parse_assignments,
 )
 from benchmark.report.sources import Sources, gather
-from benchmark.view import Group, Repeatable, parse_args
+from benchmark.view import Group, Repeatable, flag, parse_args
 
 
 @dataclass
 class Selection:
     """Which runs count (cloud runs are narrowed on W&B's server)."""
 
-    tags: Annotated[list[str], tyro.conf.arg(help_behavior_hint="(unset: any)")] = field(default_factory=list)
+    tags: Annotated[list[str], flag(unset="any")] = field(default_factory=list)
     """keep runs that carry all these tags"""
-    group: Annotated[str | None, tyro.conf.arg(metavar="GROUP", help_behavior_hint="(unset: any)")] = None
+    group: Annotated[str | None, flag("GROUP", "any")] = None
     """keep runs of this W&B group"""
-    state: Annotated[str | None, tyro.conf.arg(metavar="STATE", help_behavior_hint="(unset: any)")] = None
+    state: Annotated[str | None, flag("STATE", "any")] = None
     """keep runs in this state (finished, running, crashed, failed)"""
-    filter: Annotated[list[str], Repeatable, tyro.conf.arg(metavar="KEY=VALUE")] = field(default_factory=list)
+    filter: Annotated[list[str], Repeatable, flag("KEY=VALUE")] = field(default_factory=list)
     """keep runs whose config has KEY=VALUE (dotted keys, e.g. trl_ppo_trainer_config.exp_name=x)"""
     include_crashed: bool = False
     """average crashed and failed runs in too (the table says so)"""
@@ -65,19 +64,15 @@ class Selection:
 class Output:
     """Where the report goes and what it is called."""
 
-    name: Annotated[str | None, tyro.conf.arg(metavar="NAME", help_behavior_hint="(unset: the run dir's or "
-                                              "project's name)")] = None
+    name: Annotated[str | None, flag("NAME", "the run dir's or project's name")] = None
     """report name"""
-    output_dir: Annotated[Path | None, tyro.conf.arg(metavar="DIR", help_behavior_hint="(unset: results/NAME)")] = None
+    output_dir: Annotated[Path | None, flag("DIR", "results/NAME")] = None
     """where to write"""
-    title: Annotated[str | None, tyro.conf.arg(metavar="TEXT", help_behavior_hint="(unset: the preset's, else the "
-                                               "report's name)")] = None
+    title: Annotated[str | None, flag("TEXT", "the preset's, else the report's name")] = None
     """the page's title"""
-    finding: Annotated[str | None, tyro.conf.arg(metavar="TEXT", help_behavior_hint="(unset: the verdicts' "
-                                                 "headline, or the lone variant's trend)")] = None
+    finding: Annotated[str | None, flag("TEXT", "the verdicts' headline, or the lone variant's trend")] = None
     """the one line under the title"""
-    asset_url: Annotated[str | None, tyro.conf.arg(metavar="URL", help_behavior_hint="(unset: summary.md names "
-                                                   "them)")] = None
+    asset_url: Annotated[str | None, flag("URL", "summary.md names them")] = None
     """the URL the output folder will be uploaded to: summary.md then shows the figures from there (GitHub shows
     no file beside a comment)"""
 
@@ -94,7 +89,7 @@ class OpenRLBenchmark:
     several make one variant per env, 'LABEL (ENV)'"""
     check_empty_runs: bool = True
     """with --filters: a selection matching no run is an error (else a warning, and it is left out)"""
-    output_filename: Annotated[Path | None, tyro.conf.arg(metavar="PATH", help_behavior_hint="(unset: none)")] = None
+    output_filename: Annotated[Path | None, flag("PATH", "none")] = None
     """openrlbenchmark's output stem: where it writes PATH.png we write the report into the folder PATH/ (the flag
     --output-dir wins)"""
     scan_history: bool = False
@@ -111,13 +106,12 @@ class ReportArgs:
     x_axis: str = "_step"
     """x-axis of the static figures and the page's first: _step, _samples (rollouts), _tokens (response
     tokens), _runtime (wall time), or any logged metric; the page offers the others too"""
-    group_by: Annotated[str | None, tyro.conf.arg(metavar="KEY", help_behavior_hint="(unset: the exp name, "
-                                                  "exp_name or trl_ppo_trainer_config.exp_name)")] = None
+    group_by: Annotated[str | None, flag("KEY", "the exp name, exp_name or trl_ppo_trainer_config.exp_name")] = None
     """config key whose value makes a variant, or tag:A,B (each run in the group of the first of these tags it
     carries: main against pr-12)"""
-    labels: Annotated[list[str], Repeatable, tyro.conf.arg(metavar="OLD=NEW")] = field(default_factory=list)
+    labels: Annotated[list[str], Repeatable, flag("OLD=NEW")] = field(default_factory=list)
     """rename a variant in figures and table"""
-    preset: Annotated[list[Preset], tyro.conf.arg(help_behavior_hint="(unset: none)")] = field(default_factory=list)
+    preset: Annotated[list[Preset], flag(unset="none")] = field(default_factory=list)
     """draw the seed's comparisons instead of one figure of all variants"""
     smooth: int = 1
     """rolling mean over this many logged points of each run before averaging"""
@@ -126,9 +120,9 @@ class ReportArgs:
     the mean), or iqr (the seeds' 25th to 75th percentiles)"""
     last_n: int = 10
     """final values are each run's mean over its last N logged steps"""
-    baseline: Annotated[str | None, tyro.conf.arg(metavar="VARIANT", help_behavior_hint="(unset: the first)")] = None
+    baseline: Annotated[str | None, flag("VARIANT", "the first")] = None
     """the variant every other one is judged against"""
-    epsilon: Annotated[list[str], Repeatable, tyro.conf.arg(metavar="[METRIC=]VALUE")] = field(default_factory=list)
+    epsilon: Annotated[list[str], Repeatable, flag("[METRIC=]VALUE")] = field(default_factory=list)
     """the difference below which a variant counts as equivalent, in the metric's units, for METRIC or every metric
     not named (unset: 0.1 for env/reward_mean, 0.5 for objective/kl, else 0.1)"""
     sources: Annotated[Sources, Group] = field(default_factory=Sources)
@@ -150,9 +144,7 @@ EXAMPLES = """\
 
 
 def main(argv: list[str] | None = None) -> int:
-    description = " ".join((ReportArgs.__doc__ or "").split())
-    return report(parse_args(ReportArgs, sys.argv[1:] if argv is None else argv, "benchmark report", description,
-                             EXAMPLES))
+    return report(parse_args(ReportArgs, sys.argv[1:] if argv is None else argv, "benchmark report", EXAMPLES))
 
 
 def report(args: ReportArgs, console: Console | None = None) -> int:

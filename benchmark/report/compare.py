@@ -30,7 +30,7 @@ from benchmark.report.results import Results
 from benchmark.report.runs import BROKEN_STATES, Filters, Run, config_value, describe, exp_name, value_matches
 from benchmark.report.sources import Sources, gather
 from benchmark.report.verdict import Comparison, Direction, compare, epsilons, verdict_line
-from benchmark.view import Group, Repeatable, parse_args
+from benchmark.view import Group, Repeatable, flag, parse_args
 
 FailOn = Literal["worse", "not-equivalent", "never"]
 _GOOD = {"equivalent", "unchanged"}  # what --fail-on not-equivalent lets pass
@@ -49,7 +49,7 @@ class CompareArgs:
     """metrics to judge; NAME:higher, NAME:lower or NAME:two-sided sets which way is better"""
     last_n: int = 10
     """a run's score is the mean of its last N logged values"""
-    epsilon: Annotated[list[str], Repeatable, tyro.conf.arg(metavar="[METRIC=]VALUE")] = field(default_factory=list)
+    epsilon: Annotated[list[str], Repeatable, flag("[METRIC=]VALUE")] = field(default_factory=list)
     """the difference below which two sides count as equivalent, in the metric's units, for METRIC or every metric
     not named (unset: 0.1 for env/reward_mean, 0.5 for objective/kl, else 0.1)"""
     alpha: float = 0.05
@@ -60,11 +60,9 @@ class CompareArgs:
     """x-axis of the figure's curves"""
     include_crashed: bool = False
     """score crashed and failed runs too"""
-    output_dir: Annotated[Path | None, tyro.conf.arg(metavar="DIR", help_behavior_hint="(unset: "
-                                                     "results/BASELINE-vs-CANDIDATE)")] = None
+    output_dir: Annotated[Path | None, flag("DIR", "results/BASELINE-vs-CANDIDATE")] = None
     """where compare.md, compare.json and the figure go"""
-    asset_url: Annotated[str | None, tyro.conf.arg(metavar="URL", help_behavior_hint="(unset: compare.md names "
-                                                   "the figure in words)")] = None
+    asset_url: Annotated[str | None, flag("URL", "compare.md names the figure in words")] = None
     """the URL the output folder will be uploaded to: compare.md then shows the figure from there (GitHub cannot
     show a file beside the comment)"""
     sources: Annotated[Sources, Group] = field(default_factory=Sources)
@@ -81,9 +79,7 @@ EXAMPLES = """\
 
 
 def main(argv: list[str] | None = None) -> int:
-    description = " ".join((CompareArgs.__doc__ or "").split())
-    return run(parse_args(CompareArgs, sys.argv[1:] if argv is None else argv, "benchmark compare", description,
-                          EXAMPLES))
+    return run(parse_args(CompareArgs, sys.argv[1:] if argv is None else argv, "benchmark compare", EXAMPLES))
 
 
 def select(runs: list[Run], selection: str) -> list[Run]:

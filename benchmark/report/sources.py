@@ -16,17 +16,17 @@ from benchmark.manifest import Manifest
 from benchmark.report import cloud, offline, rundir
 from benchmark.report.results import Results
 from benchmark.report.runs import Filters, Found, Run, exp_name
-from benchmark.view import Repeatable
+from benchmark.view import Repeatable, flag
 
 
 @dataclass
 class Sources:
     """Where runs come from; `benchmark report` and `benchmark compare` read the same."""
 
-    wandb_dir: Annotated[list[Path], Repeatable, tyro.conf.arg(metavar="[LABEL=]DIR")] = field(default_factory=list)
+    wandb_dir: Annotated[list[Path], Repeatable, flag("[LABEL=]DIR")] = field(default_factory=list)
     """a folder holding wandb's offline-run-*/run-* folders, or one such folder; a LABEL names its runs' variants
     VARIANT (LABEL), so that two sources' same variant stay apart"""
-    tensorboard_dir: Annotated[list[Path], Repeatable, tyro.conf.arg(metavar="[LABEL=]DIR")] = field(
+    tensorboard_dir: Annotated[list[Path], Repeatable, flag("[LABEL=]DIR")] = field(
         default_factory=list)
     """a folder of TensorBoard runs (folders of event files), searched recursively; LABEL as for --wandb-dir"""
     run_name_pattern: Annotated[str | None, tyro.conf.arg(
@@ -36,15 +36,15 @@ class Sources:
         default_factory=list)
     """an earlier report's results.parquet: its runs again, with no W&B at all; a LABEL names its variants
     VARIANT (LABEL), so two sources' same variant stay apart"""
-    entity: Annotated[str | None, tyro.conf.arg(metavar="ENTITY", help_behavior_hint="(unset: none)")] = None
+    entity: Annotated[str | None, flag("ENTITY", "none")] = None
     """W&B entity of the cloud runs (with --project)"""
-    project: Annotated[str | None, tyro.conf.arg(metavar="PROJECT", help_behavior_hint="(unset: none)")] = None
+    project: Annotated[str | None, flag("PROJECT", "none")] = None
     """W&B project of the cloud runs (with --entity)"""
-    run_dir: Annotated[Path | None, tyro.conf.arg(metavar="RUN_DIR", help_behavior_hint="(unset: none)")] = None
+    run_dir: Annotated[Path | None, flag("RUN_DIR", "none")] = None
     """a harness run dir: its variants and expected seeds, and where each job's W&B run is"""
     refresh: bool = False
     """refetch cloud runs even when cached"""
-    cache_dir: Annotated[Path, tyro.conf.arg(metavar="DIR")] = field(default_factory=cloud.default_cache_dir)
+    cache_dir: Annotated[Path, flag("DIR")] = field(default_factory=cloud.default_cache_dir)
     """where fetched cloud runs are cached"""
 
     def problem(self) -> str | None:
