@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -57,3 +58,18 @@ def wait_for(condition: Callable[[], object], timeout: float = 60, what: str = "
 def wait_for_logged(logs: list[Path], text: str, what: str) -> None:
     """Poll until every log exists and holds `text`: a job's own output, not a scheduler's state."""
     wait_for(lambda: all(log.exists() and text in log.read_text() for log in logs), what=what)
+
+
+def head_one(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[str, int, str]:
+    """Run `argv` as `argv | head -1` would: the reader takes one line and closes the pipe while the output is still
+    coming (a pipe smaller than a --help, so the writer meets the closed end). The line, exit code and stderr."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    process = subprocess.Popen(argv, cwd=cwd, env=env or clean_env(), stdout=write_end, stderr=subprocess.PIPE,
+                               text=True)
+    os.close(write_end)
+    with os.fdopen(read_end) as reader:
+        line = reader.readline()
+    code = process.wait(timeout=120)
+    assert process.stderr is not None
+    return line, code, process.stderr.read()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
-from cli import REPO, clean_env, cli_argv, run_cli
+from cli import REPO, clean_env, cli_argv, head_one, run_cli
 
 SUBCOMMANDS = ("status", "resume", "cancel", "report", "compare")
 
@@ -63,13 +62,9 @@ def test_the_launch_examples_plan_as_shown(tmp_path: Path) -> None:
 @pytest.mark.parametrize("argv", [["--help"], *([sub, "--help"] for sub in SUBCOMMANDS)], ids=" ".join)
 def test_help_into_a_closed_pipe_ends_quietly(argv: list[str]) -> None:
     """`benchmark ... --help | head -1`: the reader leaves after one line; no BrokenPipeError traceback."""
-    with subprocess.Popen(cli_argv(*argv), cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as process:
-        assert process.stdout is not None and process.stderr is not None
-        assert process.stdout.readline().startswith("usage: benchmark")
-        process.stdout.close()
-        stderr = process.stderr.read()
-    assert process.returncode == 0, stderr
+    line, code, stderr = head_one(cli_argv(*argv), REPO)
+    assert line.startswith("usage: benchmark")
+    assert code == 0, stderr
     assert stderr == ""
 
 

@@ -8,8 +8,10 @@ import json
 import shutil
 from pathlib import Path
 
+from trl_ppo.config import WORKLOAD_PACKAGES
+
 # trl_ppo's dependencies (the `ppo` extra): the harness, the report and compare must not need them.
-HEAVY = ("torch", "transformers", "peft", "accelerate", "datasets")
+HEAVY = WORKLOAD_PACKAGES
 SITECUSTOMIZE = Path(__file__).parent / "recorder" / "sitecustomize.py"
 
 # Imports every module of the harness but its entry points (they run the CLI) and the modules named as arguments.

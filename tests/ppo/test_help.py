@@ -1,8 +1,6 @@
 """`--help` answers without loading the trainer, ends with examples that parse, and ends quietly in `| head`;
 each step's line says how long the run has taken and how long it has left."""
 
-import fcntl
-import os
 import re
 import shlex
 import subprocess
@@ -10,14 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli import head_one
 
 import trl_ppo
 from trl_ppo import config, core, ppo
-from trl_ppo.config import EXAMPLES, parse
+from trl_ppo.config import EXAMPLES, WORKLOAD_PACKAGES, parse
 
 ROOT = Path(__file__).parents[2]
 SCRIPTS = [["-m", "trl_ppo.ppo"], ["examples/scripts/ppo.py"]]
-HEAVY = {"torch", "transformers", "peft", "accelerate"}
 
 
 def test_help_ends_with_examples_and_imports_no_torch() -> None:
@@ -27,21 +25,16 @@ def test_help_ends_with_examples_and_imports_no_torch() -> None:
     assert done.stdout.rstrip().endswith(EXAMPLES.format(prog="python -m trl_ppo.ppo"))
     # -X importtime writes one `import time: self | cumulative | module` line per module imported.
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines()}
-    assert "tyro" in imported and not imported & HEAVY
+    assert "tyro" in imported and not imported & set(WORKLOAD_PACKAGES)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=" ".join)
 def test_help_into_a_closed_pipe_exits_quietly(script: list[str]) -> None:
     """As `--help | head -1`: the reader takes one line and closes the pipe while the help is still coming."""
-    read_end, write_end = os.pipe()
-    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # smaller than the help, so the writer meets the closed end
-    process = subprocess.Popen([sys.executable, *script, "--help"], cwd=ROOT, stdout=write_end,
-                               stderr=subprocess.PIPE, text=True)
-    os.close(write_end)
-    with os.fdopen(read_end) as reader:
-        assert reader.readline().startswith("usage:")
-    assert process.wait(timeout=120) == 0
-    assert process.stderr.read() == ""  # type: ignore[union-attr]
+    line, code, stderr = head_one([sys.executable, *script, "--help"], ROOT)
+    assert line.startswith("usage:")
+    assert code == 0, stderr
+    assert stderr == ""
 
 
 def test_help_examples_parse() -> None:
